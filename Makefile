@@ -1,0 +1,39 @@
+# The README's two commands: `make repro` (set up + run the default pipeline) and
+# `make test` (set up + run the tests). Everything else is a helper of those.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Stages call `python`, `dvc` resolves from the venv.
+export PATH := $(abspath $(BIN)):$(PATH)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup repro test lint ui compose bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+compose: setup
+	$(BIN)/python -m pipeline compose $(OVERRIDES)
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+
+bench: setup
+	$(BIN)/python bench/bench_synth.py
+
+clean:
+	rm -rf data/synthetic data/splits models artifacts reports mlflow.db mlartifacts

@@ -1,0 +1,102 @@
+"""Command line: `python -m pipeline <command> [args]`.
+
+Stages (run by DVC; `key=value` overrides apply on top of params.yaml for debugging):
+  synthesize, split
+Tools:
+  compose [hydra overrides]   write params.yaml from conf/ (what `dvc exp run -S` does)
+  check-params                exit 1 when params.yaml differs from what conf/ composes to
+  import-folder DIR [--phase P] [--json OUT]
+                              report how a labelled folder of images would be imported
+                              (classes through the alias table, skipped files and why)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+STAGES = ("synthesize", "split")
+
+
+def _compose(args: list[str]) -> int:
+    from pipeline.config import find_root, write_params
+
+    path = write_params(find_root(), args)
+    print(f"wrote {path}")
+    return 0
+
+
+def _check_params(args: list[str]) -> int:
+    from pipeline.config import PARAMS_FILE, compose, find_root
+
+    root = find_root()
+    expected = compose(root, args)
+    current = (root / PARAMS_FILE).read_text(encoding="utf-8") if (root / PARAMS_FILE).exists() else ""
+    if current != expected:
+        print(f"{PARAMS_FILE} differs from conf/; run `python -m pipeline compose` and commit it")
+        return 1
+    print(f"{PARAMS_FILE} matches conf/")
+    return 0
+
+
+def _import_folder(args: list[str]) -> int:
+    import argparse
+
+    from pipeline.config import find_root, load_params
+    from pipeline.data.importer import import_folder
+    from pipeline.files import write_json
+    from pipeline.taxonomy import Taxonomy
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline import-folder")
+    parser.add_argument("folder")
+    parser.add_argument("--phase", default="phase1")
+    parser.add_argument("--json", help="also write the report as JSON here")
+    opts = parser.parse_args(args)
+    taxonomy = Taxonomy.from_config(load_params(find_root())["taxonomy"])
+    classes = taxonomy.phase(opts.phase).classes
+    report = import_folder(Path(opts.folder), classes, taxonomy)
+    print(report.summary())
+    if opts.json:
+        write_json(opts.json, report.to_dict())
+    return 0
+
+
+def _stage(name: str, args: list[str]) -> int:
+    from pipeline.config import find_root, load_params
+
+    root = find_root()
+    cfg = load_params(root, args)
+    module = importlib.import_module(f"pipeline.stages.{name}")
+    module.run(cfg, root)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, args = argv[0].replace("-", "_"), argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if command == "compose":
+            return _compose(args)
+        if command == "check_params":
+            return _check_params(args)
+        if command == "import_folder":
+            return _import_folder(args)
+        if command in STAGES:
+            return _stage(command, args)
+        print(f"error: unknown command {argv[0]!r}; run `python -m pipeline --help`", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Compose conf/ into params.yaml, and load params.yaml (plus overrides) for a stage.
+
+Composition goes through DVC's own `compose_and_dump`, so `python -m pipeline compose` and
+`dvc exp run -S ...` write byte-identical params.yaml files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+from pipeline.files import atomic_path
+
+PARAMS_FILE = "params.yaml"
+CONF_DIR = "conf"
+
+# Values whose type alone does not say enough: key -> (check, what is expected).
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "synth.image_size": (lambda v: 16 <= v <= 1024, "an integer from 16 to 1024"),
+    "synth.supersample": (lambda v: 1 <= v <= 4, "an integer from 1 to 4"),
+    "synth.images_per_class": (lambda v: v >= 1, "a positive integer"),
+    "synth.heldout_images_per_class": (lambda v: v >= 0, "zero or a positive integer"),
+    "synth.workers": (lambda v: v >= 1, "a positive integer"),
+    "synth.grid_per_cell": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+    "synth.audit_images": (lambda v: v >= 0, "zero or a positive integer"),
+    "split.val_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
+    "split.test_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
+    "split.standin_val_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
+    "split.standin_test_fraction": (lambda v: 0 < v < 0.8, "a fraction between 0 and 0.8"),
+    "split.near_dup_max_distance": (lambda v: 0 <= v <= 16, "an integer from 0 to 16"),
+}
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The project root: the nearest folder at or above `start` holding conf/config.yaml."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONF_DIR / "config.yaml").is_file():
+            return folder
+    raise UserError(f"no {CONF_DIR}/config.yaml at or above {here}; run from the project folder")
+
+
+def _hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
+    text = str(exc).split("\nConfig search path")[0].strip()
+    key = re.search(r"Could not override '([^']+)'", text)
+    if key:
+        parent = key.group(1).rpartition(".")[0]
+        hint = f"check the spelling against the keys under '{parent}' in params.yaml" if parent else ""
+        return UserError(f"unknown config key '{key.group(1)}' in overrides {list(overrides)}; {hint}")
+    return UserError(f"config overrides {list(overrides)} refused: {text}")
+
+
+def compose(root: Path, overrides: Sequence[str] = ()) -> str:
+    """Compose conf/ with Hydra overrides and return the params.yaml text (validated)."""
+    from dvc.utils.hydra import compose_and_dump
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir) / PARAMS_FILE
+        GlobalHydra.instance().clear()
+        try:
+            compose_and_dump(tmp, str(root / CONF_DIR), None, "config", str(root), list(overrides))
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise _hydra_error(exc, overrides) from None
+        finally:
+            GlobalHydra.instance().clear()
+        text = tmp.read_text(encoding="utf-8")
+    validate(yaml.safe_load(text), reference=None if not overrides else _reference(root))
+    return text
+
+
+def _reference(root: Path) -> dict:
+    return yaml.safe_load(compose(root))
+
+
+def write_params(root: Path, overrides: Sequence[str] = ()) -> Path:
+    """Compose and write params.yaml atomically."""
+    text = compose(root, overrides)
+    target = root / PARAMS_FILE
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if expected is None or value is None:
+        return True
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(expected, bool)
+    if isinstance(expected, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(expected))
+
+
+def validate(cfg: dict, reference: dict | None = None) -> None:
+    """Refuse values of the wrong type (against `reference`) or outside their range."""
+    leaves = _leaves(cfg)
+    if reference is not None:
+        for key, expected in _leaves(reference).items():
+            if key in leaves and not _type_ok(leaves[key], expected):
+                raise UserError(
+                    f"config key '{key}' = {leaves[key]!r} should be a "
+                    f"{type(expected).__name__} like the default {expected!r}"
+                )
+    for key, (check, expected_text) in _RULES.items():
+        if key not in leaves:
+            continue
+        value = leaves[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not check(value):
+            raise UserError(f"config key '{key}' = {value!r} is invalid: it must be {expected_text}")
+
+
+def load_params(root: Path, overrides: Sequence[str] = ()) -> dict:
+    """Read params.yaml and apply `key=value` overrides (existing keys only), validated."""
+    path = root / PARAMS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing; create it with `python -m pipeline compose`")
+    with open(path, encoding="utf-8") as fh:
+        cfg = yaml.safe_load(fh)
+    reference = yaml.safe_load(yaml.safe_dump(cfg))
+    leaves = _leaves(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"override {item!r} is not of the form key=value")
+        if key not in leaves:
+            close = [k for k in leaves if k.split(".")[-1] == key.split(".")[-1]]
+            raise UserError(
+                f"unknown config key '{key}' in override {item!r}"
+                + (f"; did you mean {close}?" if close else "; see params.yaml for the keys")
+            )
+        node = cfg
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = yaml.safe_load(raw) if raw else None
+    validate(cfg, reference)
+    return cfg
+
+
+def params_hash(cfg: dict) -> str:
+    """Short stable hash of a config (key order independent)."""
+    text = yaml.safe_dump(cfg, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def section(cfg: dict, *keys: str) -> dict:
+    """The config sections a stage reads, for logging as its params."""
+    return {k: cfg[k] for k in keys}

@@ -1,0 +1,1 @@
+"""Image reading, real-folder import, perceptual hashing and leakage-safe splitting."""

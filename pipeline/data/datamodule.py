@@ -1,0 +1,159 @@
+"""Lightning DataModule: (path, label) lists → batches of [0, 1] grey images.
+
+Batches are (x float32 [B, 1, S, S] in [0, 1], y long). They are NOT mean/std normalised:
+normalisation is the first layer of the network, configured by the model's Preprocess, so
+training, evaluation, export and on-device inference share one definition (see
+pipeline/models/preprocess.py). Images are centre-cropped and resized exactly as
+`Preprocess.__call__` does (`to_model_input`), then augmented.
+
+Reproducibility independent of worker count: the sampler yields (index, epoch) keys, the
+order comes from a generator seeded with (seed, epoch), and each sample's augmentation from a
+generator seeded with (seed, epoch, index) — no state lives in the workers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pipeline.data.images import read_gray8, to_model_input
+from pipeline.data.transforms import build_augment
+from pipeline.errors import UserError
+
+SAMPLERS = ("shuffle", "balanced")
+
+
+class ImageDataset(Dataset):
+    """Reads, resizes and (optionally) augments one image per key (index or (index, epoch))."""
+
+    def __init__(
+        self,
+        items: list[tuple[str, int]],
+        image_size: int,
+        augment: A.Compose | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.items = items
+        self.image_size = image_size
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        path, label = self.items[index]
+        img = to_model_input(read_gray8(Path(path)), self.image_size)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            self.augment.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+            img = self.augment(image=img)["image"]
+        x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)[None]
+        return x, label
+
+
+class EpochSampler(Sampler):
+    """Seeded per-epoch order yielding (index, epoch); "balanced" draws classes equally often.
+
+    Lightning calls `set_epoch` at the start of every epoch.
+    """
+
+    def __init__(self, labels: list[int], seed: int, balanced: bool) -> None:
+        self.labels = np.asarray(labels)
+        self.seed = seed
+        self.balanced = balanced
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        n = len(self.labels)
+        if self.balanced:  # with replacement, each sample weighted by 1 / its class count
+            counts = Counter(self.labels.tolist())
+            w = np.array([1.0 / counts[y] for y in self.labels.tolist()])
+            order = rng.choice(n, size=n, replace=True, p=w / w.sum())
+        else:
+            order = rng.permutation(n)
+        return iter([(int(i), self.epoch) for i in order])
+
+
+class SEMDataModule(L.LightningDataModule):
+    """Train loader plus one named validation loader per entry of `val` (in order)."""
+
+    def __init__(
+        self,
+        train: list[tuple[str, int]],
+        val: dict[str, list[tuple[str, int]]],
+        image_size: int,
+        *,
+        augment: dict,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        sampler: str = "shuffle",
+    ) -> None:
+        super().__init__()
+        if not train:
+            raise UserError("the training split is empty; check data.splits and the image folders")
+        empty = [name for name, items in val.items() if not items]
+        if not val or empty:
+            raise UserError(f"validation sets {empty or '(none)'} are empty; check the splits")
+        if sampler not in SAMPLERS:
+            raise UserError(f"train.sampler={sampler!r} is unknown; use one of {SAMPLERS}")
+        self.train_items = train
+        self.val_items = val
+        self.val_names = list(val)
+        self.image_size = image_size
+        self.augment_cfg = augment
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.sampler = sampler
+
+    def train_dataloader(self) -> DataLoader:
+        augment = build_augment(self.augment_cfg, self.image_size)
+        ds = ImageDataset(self.train_items, self.image_size, augment, self.seed)
+        sampler = EpochSampler(
+            [y for _, y in self.train_items], self.seed, self.sampler == "balanced"
+        )
+        # drop_last avoids a size-1 batch, which BatchNorm cannot normalise at 1x1 resolution.
+        return self._loader(ds, sampler=sampler, drop_last=len(ds) > self.batch_size)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            self._loader(ImageDataset(self.val_items[name], self.image_size))
+            for name in self.val_names
+        ]
+
+    def _loader(self, ds: Dataset, **kwargs: object) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(self.seed),
+            **kwargs,
+        )
+
+
+def _worker_init(worker_id: int) -> None:
+    # Workers run in parallel already: one OpenCV/torch thread each avoids oversubscription.
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)

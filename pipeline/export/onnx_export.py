@@ -1,0 +1,55 @@
+"""torch → ONNX (TorchScript exporter), with the model's contract stored inside the file."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from pipeline.files import atomic_path
+
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(net: nn.Module, image_size: int, path: Path, *, dynamic_batch: bool = False,
+                metadata: dict[str, str]) -> Path:
+    """Write `net` (float [0, 1] input (1, 1, S, S) → logits) as a checked ONNX file.
+
+    `metadata` (e.g. class names JSON, phase, preprocess JSON, checkpoint sha256) goes into
+    the file's metadata_props, so the file alone says how to feed it and read its output.
+    A static batch of 1 suits onnx2tf and microcontrollers; `dynamic_batch` is for hosts.
+    """
+    bad = {k: v for k, v in metadata.items() if not isinstance(v, str)}
+    if bad:
+        raise TypeError(f"ONNX metadata values must be strings: {sorted(bad)}")
+    path = Path(path)
+    was_training = net.training
+    net.eval()
+    dummy = torch.rand(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    try:
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter warns that it is legacy; it is the fast, clean path here.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            torch.onnx.export(net, (dummy,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes=axes, do_constant_folding=True)
+            model = onnx.load(str(tmp))
+            for key, value in sorted(metadata.items()):
+                model.metadata_props.add(key=key, value=value)
+            onnx.checker.check_model(model, full_check=True)
+            onnx.save(model, str(tmp))
+    finally:
+        net.train(was_training)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file as a dict."""
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

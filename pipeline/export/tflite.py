@@ -1,0 +1,140 @@
+"""ONNX fp32 → TFLite (full-int8 and float) with onnx2tf, and TFLite inference on the host.
+
+onnx2tf runs in a subprocess: it prints a lot, may call sys.exit, and imports TensorFlow,
+which the rest of the pipeline does not need. Calibration images are passed explicitly with
+`-cind` (without them onnx2tf downloads sample images). The int8 model takes int8 input with
+scale 1/255 and zero point -128, i.e. a raw 8-bit pixel minus 128, because the network's first
+layer is Normalize and calibration spans exactly [0, 1] (see `_pin_input_range`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from pipeline.export.quantize import check_calibration, onnx_input
+from pipeline.files import write_bytes
+
+INT8_NAME = "model_int8.tflite"
+FLOAT_NAME = "model_float.tflite"
+# onnx2tf names its outputs after the input file: <stem>_full_integer_quant.tflite etc.
+_ONNX2TF_OUTPUTS = {"int8": "model_full_integer_quant.tflite", "float": "model_float32.tflite"}
+_LOG_TAIL_LINES = 40
+
+
+def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
+                   per_channel: bool = True) -> dict[str, Path]:
+    """Convert a static batch-1 ONNX model; return {"int8": path, "float": path} in `out_dir`.
+
+    The int8 model is fully integer (int8 input and output); weights are quantized
+    per-channel (default) or per-tensor. `calibration`: float32 (N, 1, S, S) in [0, 1].
+    """
+    input_name, size = onnx_input(Path(onnx_path))
+    cal = _pin_input_range(check_calibration(calibration, size))
+    with tempfile.TemporaryDirectory(prefix="onnx2tf_") as tmp_str:
+        tmp = Path(tmp_str)
+        # A private copy: onnx2tf may rewrite its input file in place.
+        shutil.copyfile(onnx_path, tmp / "model.onnx")
+        np.save(tmp / "calibration.npy", cal.transpose(0, 2, 3, 1))  # onnx2tf wants NHWC
+        cmd = [sys.executable, "-m", "onnx2tf", "-i", "model.onnx", "-o", "out",
+               "-oiqt", "-qt", "per-channel" if per_channel else "per-tensor",
+               "-iqd", "int8", "-oqd", "int8",
+               # Our exporter already folds constants; onnxsim is not part of the toolchain.
+               "-nuo",
+               # Calibration data is already the model input: mean 0, std 1 keeps it as is.
+               "-cind", input_name, "calibration.npy", "[[[[0.0]]]]", "[[[[1.0]]]]"]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
+                              check=False)
+        made = {kind: tmp / "out" / name for kind, name in _ONNX2TF_OUTPUTS.items()}
+        missing = [p.name for p in made.values() if not p.is_file()]
+        if proc.returncode != 0 or missing:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-_LOG_TAIL_LINES:])
+            raise RuntimeError(f"onnx2tf failed on {onnx_path} (exit {proc.returncode}, "
+                               f"missing {missing}); last output:\n{tail}")
+        out_dir = Path(out_dir)
+        paths = {"int8": out_dir / INT8_NAME, "float": out_dir / FLOAT_NAME}
+        for kind, path in paths.items():
+            write_bytes(path, made[kind].read_bytes())
+    _check_int8_io(paths["int8"])
+    return paths
+
+
+def _pin_input_range(cal: np.ndarray) -> np.ndarray:
+    """Set one pixel to 0 and one to 1 so the int8 input range is exactly [0, 1].
+
+    The converter quantizes the input with the calibrated min/max; pinning them gives scale
+    1/255 and zero point -128 whatever the images' own range, at the cost of two pixels.
+    """
+    cal = cal.copy()
+    cal[0, 0, 0, 0], cal[0, 0, 0, -1] = 0.0, 1.0
+    return cal
+
+
+def _check_int8_io(path: Path) -> None:
+    io = tflite_io(path)
+    inp, out = io["input"], io["output"]
+    if inp["dtype"] != "int8" or out["dtype"] != "int8":
+        raise RuntimeError(f"{path}: expected int8 input and output, got {inp['dtype']} and "
+                           f"{out['dtype']}")
+    if inp["zero_point"] != -128 or not np.isclose(inp["scale"], 1 / 255, rtol=1e-4):
+        raise RuntimeError(f"{path}: int8 input should be pixel - 128 (scale 1/255, zero point "
+                           f"-128), got scale {inp['scale']} and zero point {inp['zero_point']}")
+
+
+def _interpreter(path: Path, *, reference: bool = False) -> Interpreter:
+    # Reference kernels are what TFLM implements; the default ones are faster on a host.
+    resolver = OpResolverType.BUILTIN_REF if reference else OpResolverType.BUILTIN
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, num_threads=1)
+    it.allocate_tensors()
+    return it
+
+
+def _tensor_info(detail: dict) -> dict:
+    scale, zero_point = detail["quantization"]
+    return {"name": detail["name"], "dtype": np.dtype(detail["dtype"]).name,
+            "shape": [int(d) for d in detail["shape"]], "scale": float(scale),
+            "zero_point": int(zero_point)}
+
+
+def tflite_io(path: Path) -> dict:
+    """{"input": {...}, "output": {...}}: name, dtype, shape, scale, zero_point of each."""
+    it = _interpreter(Path(path))
+    return {"input": _tensor_info(it.get_input_details()[0]),
+            "output": _tensor_info(it.get_output_details()[0])}
+
+
+def quantize_input(images_nhwc: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float [0, 1] images → int8 as the device gets them (pixel - 128 for scale 1/255)."""
+    return np.clip(np.round(images_nhwc / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def tflite_predict(tflite_path: Path, images: np.ndarray, *, reference: bool = False
+                   ) -> np.ndarray:
+    """Float logits (N, C) of a float or int8 TFLite model for images (N, 1, S, S) in [0, 1].
+
+    Int8 inputs are quantized and outputs dequantized with the model's own parameters;
+    `reference=True` uses TFLite's reference kernels (the ones TFLM mirrors).
+    """
+    it = _interpreter(Path(tflite_path), reference=reference)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    x = np.asarray(images, dtype=np.float32).transpose(0, 2, 3, 1)  # NCHW → NHWC
+    if inp["dtype"] == np.int8:
+        x = quantize_input(x, *inp["quantization"])
+    logits = []
+    for i in range(len(x)):  # the model has a static batch of 1
+        it.set_tensor(inp["index"], x[i: i + 1])
+        it.invoke()
+        logits.append(it.get_tensor(out["index"]).copy())
+    y = np.concatenate(logits)
+    if out["dtype"] == np.int8:
+        scale, zero_point = out["quantization"]
+        y = (y.astype(np.float32) - zero_point) * scale
+    return y.astype(np.float32)

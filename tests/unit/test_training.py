@@ -1,0 +1,111 @@
+import cv2
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.datamodule import SEMDataModule
+from pipeline.data.transforms import build_augment
+from pipeline.errors import UserError
+from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
+
+CLASSES = ["clean", "bridge", "open"]
+LOSS = {"name": "ce", "label_smoothing": 0.1}
+OPT = {"lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 1}
+AUG = {"enabled": True, "p_affine": 0.5, "p_blur": 0.5, "p_noise": 0.5, "p_downscale": 0.5}
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(24):
+        path = root / f"img{i:02d}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+        out.append((str(path), i % 3))
+    return out
+
+
+def _dm(items, size, **kw):
+    return SEMDataModule(items[:18], {"val": items[18:], "heldout": items[12:18]}, size,
+                         augment=kw.pop("augment", AUG), batch_size=6, num_workers=0, seed=7, **kw)
+
+
+def _model(backbone, size, **kw):
+    return SEMClassifier(backbone, 3, CLASSES, {"image_size": size}, loss=LOSS, optimizer=OPT,
+                         max_epochs=2, **kw)
+
+
+def _trainer(**kw):
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                     num_sanity_val_steps=0, **kw)
+
+
+def test_plain_then_distilled_fit(items, tmp_path):
+    L.seed_everything(0)
+    teacher = _model("plain_cnn", 48)
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(teacher, datamodule=_dm(items, 48))
+    logged = trainer.callback_metrics
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1",
+                "heldout/acc", "heldout/macro_f1"):
+        assert key in logged, key
+    assert teacher.last_confusion["val"].sum() == 6 and teacher.last_confusion["heldout"].shape == (3, 3)
+    teacher_ckpt = tmp_path / "teacher.ckpt"
+    trainer.save_checkpoint(teacher_ckpt)
+    assert checkpoint_preprocess(teacher_ckpt).image_size == 48
+
+    # Student at 32 px distilled from the 48 px teacher: the batch is served at 48 px.
+    student = _model("mobilenetv3_small_050", 32, teacher_ckpt=str(teacher_ckpt),
+                     kd={"temperature": 4.0, "alpha": 0.7})
+    trainer = _trainer(max_epochs=1, limit_train_batches=2)
+    trainer.fit(student, datamodule=_dm(items, 48))
+    assert "train/kd_loss" in trainer.callback_metrics
+    assert student.teacher is not None and not student.teacher.training
+    assert all(not p.requires_grad for p in student.teacher.parameters())
+    student_ckpt = tmp_path / "student.ckpt"
+    trainer.save_checkpoint(student_ckpt)
+    state = torch.load(student_ckpt, weights_only=True)["state_dict"]
+    assert state and all(k.startswith(("net.", "hard_loss.")) for k in state)
+    assert not any("teacher" in k for k in state)
+    teacher_ckpt.unlink()  # loading the student must not need the teacher
+    loaded = SEMClassifier.load_from_checkpoint(student_ckpt, weights_only=True, map_location="cpu")
+    assert loaded.hparams.class_names == CLASSES and loaded.pp.image_size == 32
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), student.eval()(x))
+
+
+def test_seeded_fits_are_identical(items):
+    torch.set_num_threads(1)
+    weights = []
+    for _ in range(2):
+        L.seed_everything(3)
+        model = _model("plain_cnn", 32, drop_rate=0.2)
+        trainer = _trainer(max_epochs=2)
+        trainer.fit(model, datamodule=_dm(items, 32, sampler="balanced"))
+        assert trainer.train_dataloader.sampler.epoch == 1  # Lightning called set_epoch
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_augmentation_depends_on_seed_epoch_index_only(items):
+    dm = _dm(items, 32)
+    ds = dm.train_dataloader().dataset
+    a, b = ds[(3, 1)][0], ds[(3, 1)][0]
+    assert torch.equal(a, b)
+    assert not all(torch.equal(ds[(3, 1)][0], ds[(3, e)][0]) for e in range(2, 6))
+    assert build_augment({"enabled": False}, 32) is None
+    with pytest.raises(UserError, match="p_rotate"):
+        build_augment({"p_rotate": 0.5}, 32)
+
+
+def test_config_mistakes_are_user_errors(items, tmp_path):
+    with pytest.raises(UserError, match="sampler"):
+        _dm(items, 32, sampler="weighted")
+    with pytest.raises(UserError, match="not found"):
+        model = _model("plain_cnn", 32, teacher_ckpt=str(tmp_path / "none.ckpt"),
+                       kd={"temperature": 2.0, "alpha": 0.5})
+        model.setup("fit")
