@@ -29,7 +29,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "synth.heldout_images_per_class": (lambda v: v >= 0, "zero or a positive integer"),
     "synth.workers": (lambda v: v >= 1, "a positive integer"),
     "synth.grid_per_cell": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
-    "synth.audit_images": (lambda v: v >= 0, "zero or a positive integer"),
+    "synth.audit_per_class": (lambda v: v >= 0, "zero or a positive integer"),
     "split.val_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
     "split.test_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
     "split.standin_val_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),

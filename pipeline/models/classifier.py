@@ -39,10 +39,21 @@ class SEMClassifier(L.LightningModule):
     After validation, `last_confusion[loader_name]` holds the confusion matrix (rows = true).
     """
 
-    def __init__(self, backbone: str, num_classes: int, class_names: list[str],
-                 preprocess: dict, *, pretrained: bool = False, drop_rate: float = 0.0,
-                 loss: dict, optimizer: dict, max_epochs: int,
-                 teacher_ckpt: str | None = None, kd: dict | None = None) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        class_names: list[str],
+        preprocess: dict,
+        *,
+        pretrained: bool = False,
+        drop_rate: float = 0.0,
+        loss: dict,
+        optimizer: dict,
+        max_epochs: int,
+        teacher_ckpt: str | None = None,
+        kd: dict | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if len(class_names) != num_classes:
@@ -53,15 +64,22 @@ class SEMClassifier(L.LightningModule):
         if teacher_ckpt is not None and not kd:
             raise UserError("distillation needs kd.temperature and kd.alpha; set the kd config")
         self.pp = Preprocess.from_dict(preprocess)
-        self.net = nn.Sequential(OrderedDict(
-            normalize=Normalize(self.pp.mean, self.pp.std),
-            backbone=build_backbone(backbone, num_classes, pretrained=pretrained,
-                                    drop_rate=drop_rate)))
+        self.net = nn.Sequential(
+            OrderedDict(
+                normalize=Normalize(self.pp.mean, self.pp.std),
+                backbone=build_backbone(
+                    backbone, num_classes, pretrained=pretrained, drop_rate=drop_rate
+                ),
+            )
+        )
         weights = loss.get("class_weights")
         self.hard_loss = build_hard_loss(
-            loss.get("name", "ce"), label_smoothing=loss.get("label_smoothing", 0.0),
-            gamma=loss.get("gamma", 2.0), alpha=loss.get("alpha"),
-            class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32))
+            loss.get("name", "ce"),
+            label_smoothing=loss.get("label_smoothing", 0.0),
+            gamma=loss.get("gamma", 2.0),
+            alpha=loss.get("alpha"),
+            class_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+        )
         self.teacher: SEMClassifier | None = None  # plain attribute, see module docstring
         self.last_confusion: dict[str, np.ndarray] = {}
         self._eval_stats: dict[str, list] = {}
@@ -94,37 +112,54 @@ class SEMClassifier(L.LightningModule):
             with torch.no_grad():
                 teacher_logits = self.teacher(self.teacher.pp.fit_tensor(x))
             kd = kd_loss(logits, teacher_logits, float(self.hparams.kd["temperature"]))
-            self.log_dict({"train/hard_loss": loss, "train/kd_loss": kd},
-                          on_step=False, on_epoch=True, batch_size=len(y))
+            self.log_dict(
+                {"train/hard_loss": loss, "train/kd_loss": kd},
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(y),
+            )
             alpha = float(self.hparams.kd["alpha"])
             loss = alpha * kd + (1.0 - alpha) * loss
         acc = (logits.argmax(1) == y).float().mean()
-        self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=False, on_epoch=True,
-                      prog_bar=True, batch_size=len(y))
+        self.log_dict(
+            {"train/loss": loss, "train/acc": acc},
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+        )
         return loss
 
     def configure_optimizers(self) -> dict:
         cfg = self.hparams.optimizer
         # No weight decay on biases and norm parameters (1-D), as usual for AdamW.
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim > 1],
-                   "weight_decay": float(cfg.get("weight_decay", 0.0))},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        groups = [
+            {
+                "params": [p for p in params if p.ndim > 1],
+                "weight_decay": float(cfg.get("weight_decay", 0.0)),
+            },
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
         opt = torch.optim.AdamW(groups, lr=float(cfg["lr"]))
         # The cosine spans the configured max_epochs; early stopping only cuts it short.
-        per_epoch = math.ceil(self.trainer.estimated_stepping_batches / max(1, self.trainer.max_epochs))
+        per_epoch = math.ceil(
+            self.trainer.estimated_stepping_batches / max(1, self.trainer.max_epochs)
+        )
         total = per_epoch * int(self.hparams.max_epochs)
         warmup = round(per_epoch * float(cfg.get("warmup_epochs", 0)))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, warmup=warmup,
-                                                               total=total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, partial(warmup_cosine, warmup=warmup, total=total)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- evaluation ---------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._eval_stats = {}
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int,
-                        dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         x, y = batch
         logits = self(self.pp.fit_tensor(x))
         name = self._loader_name(dataloader_idx)
@@ -140,8 +175,14 @@ class SEMClassifier(L.LightningModule):
             cm = cm_flat.view(c, c).numpy()
             self.last_confusion[name] = cm
             acc, f1 = confusion_scores(cm)
-            self.log_dict({f"{name}/loss": loss_sum / max(1, cm.sum()), f"{name}/acc": acc,
-                           f"{name}/macro_f1": f1}, prog_bar=name == "val")
+            self.log_dict(
+                {
+                    f"{name}/loss": loss_sum / max(1, cm.sum()),
+                    f"{name}/acc": acc,
+                    f"{name}/macro_f1": f1,
+                },
+                prog_bar=name == "val",
+            )
 
     def _loader_name(self, idx: int) -> str:
         names = getattr(self.trainer.datamodule, "val_names", None)
@@ -185,8 +226,10 @@ def load_teacher(path: str | Path, class_names: list[str]) -> SEMClassifier:
     _require_file(path)
     teacher = SEMClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     if list(teacher.hparams.class_names) != list(class_names):
-        raise UserError(f"teacher checkpoint {path} has classes {teacher.hparams.class_names}, "
-                        f"the student {class_names}; distil from a teacher of the same taxonomy")
+        raise UserError(
+            f"teacher checkpoint {path} has classes {teacher.hparams.class_names}, "
+            f"the student {class_names}; distil from a teacher of the same taxonomy"
+        )
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher

@@ -20,8 +20,13 @@ class FocalLoss(nn.Module):
     `nn.CrossEntropyLoss` does), so gamma=0 without alpha equals weighted cross-entropy.
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float | Tensor | None = None,
-                 weight: Tensor | None = None, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: float | Tensor | None = None,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be mean, sum or none, not {reduction!r}")
@@ -45,9 +50,14 @@ class FocalLoss(nn.Module):
         return loss.sum() / w.sum() if w is not None else loss.mean()
 
 
-def build_hard_loss(name: str, *, label_smoothing: float = 0.0, gamma: float = 2.0,
-                    alpha: float | Sequence[float] | None = None,
-                    class_weights: Tensor | None = None) -> nn.Module:
+def build_hard_loss(
+    name: str,
+    *,
+    label_smoothing: float = 0.0,
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | None = None,
+    class_weights: Tensor | None = None,
+) -> nn.Module:
     """The supervised loss named in the config: "ce" or "focal"."""
     if name == "ce":
         return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
@@ -64,13 +74,17 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
 
     The T^2 factor keeps the gradient scale comparable to the hard loss as T changes.
     """
-    return F.kl_div(F.log_softmax(student_logits / T, dim=1),
-                    F.log_softmax(teacher_logits.detach() / T, dim=1),
-                    reduction="batchmean", log_target=True) * (T * T)
+    return F.kl_div(
+        F.log_softmax(student_logits / T, dim=1),
+        F.log_softmax(teacher_logits.detach() / T, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (T * T)
 
 
-def class_weights_from_counts(counts: Sequence[int], mode: str = "inverse",
-                              beta: float = 0.999) -> Tensor:
+def class_weights_from_counts(
+    counts: Sequence[int], mode: str = "inverse", beta: float = 0.999
+) -> Tensor:
     """Per-class weights from training counts, scaled so present classes average 1.
 
     inverse: 1/n; sqrt_inverse: 1/sqrt(n); effective: (1 - beta) / (1 - beta^n) (Cui et al.
@@ -93,6 +107,7 @@ def class_weights_from_counts(counts: Sequence[int], mode: str = "inverse",
         w = (1.0 - beta) / -torch.expm1(safe * math.log(beta)) if beta > 0 else torch.ones_like(n)
     else:
         raise UserError(
-            f"class weights mode {mode!r} is unknown; use inverse, sqrt_inverse or effective")
+            f"class weights mode {mode!r} is unknown; use inverse, sqrt_inverse or effective"
+        )
     w = torch.where(present, w, torch.zeros_like(w))
     return (w * present.sum() / w.sum()).float()

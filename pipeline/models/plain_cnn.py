@@ -11,14 +11,23 @@ from torch import nn
 class PlainCNN(nn.Module):
     """[conv3x3-BN-ReLU, maxpool2] x len(widths) → global average pool → dropout → linear."""
 
-    def __init__(self, num_classes: int, in_chans: int = 1, widths: Sequence[int] = (16, 32, 64),
-                 drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_chans: int = 1,
+        widths: Sequence[int] = (16, 32, 64),
+        drop_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_chans
         for width in widths:
-            layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(prev, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             prev = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

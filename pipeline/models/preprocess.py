@@ -60,8 +60,13 @@ class Preprocess:
         """
         if x.shape[-2:] == (self.image_size, self.image_size):
             return x
-        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                             align_corners=False, antialias=True)
+        return F.interpolate(
+            x,
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
 
 
 class Normalize(nn.Module):

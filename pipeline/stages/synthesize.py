@@ -66,9 +66,9 @@ def _run_checks(rows: list[dict], images_root: Path, params: dict) -> dict:
     from pipeline.synth import checks
 
     result = {"ler_recovery": checks.ler_recovery(), "noise_vs_mean": checks.noise_vs_mean()}
-    if params["audit_images"] > 0:
+    if params["audit_per_class"] > 0:
         result["shortcut_audit"] = checks.shortcut_audit(
-            rows, images_root, max_images=params["audit_images"], seed=params["seed"]
+            rows, images_root, max_per_class=params["audit_per_class"], seed=params["seed"]
         )
     return result
 

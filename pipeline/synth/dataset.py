@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from pipeline.files import sha256_bytes, write_bytes
 from pipeline.synth.render import (

@@ -106,11 +106,11 @@ def via_top_defect(lay: ViaLayout, rng: np.random.Generator) -> dict:
         elif variant == "merged":
             d = np.hypot(lay.cx - lay.cx[i], lay.cy - lay.cy[i])
             d[i] = np.inf
-            lay.links.append((int(i), int(np.argmin(d)), r * rng.uniform(1.0, 1.8) * SUB))
+            lay.links.append((int(i), int(np.argmin(d)), r * rng.uniform(1.0, 1.8)))
         elif variant == "malformed":
             th = np.linspace(0, 2 * np.pi, 24, endpoint=False)
             rr = r * (1 + 0.35 * smooth_field(rng, 24, 4)[0] * rng.uniform(0.6, 1.2))
-            rr *= rng.uniform(0.8, 1.4)
+            rr = np.maximum(rr * rng.uniform(0.8, 1.4), 0.3 * r)
             lay.polys.append(np.stack([lay.cx[i] + rr * np.cos(th) * rng.uniform(1, 1.6),
                                        lay.cy[i] + rr * np.sin(th)], 1))
             lay.value[i] = 0
@@ -170,6 +170,7 @@ def particle(sc: Scene, rng: np.random.Generator) -> dict:
     yy, xx = _grid(s)
     n = int(rng.integers(1, 5)) if rng.random() < 0.35 else 1
     c0 = rng.uniform(0.2, 0.8, 2) * s
+    elong = rng.uniform(1.0, 2.5)
     r0 = float(np.clip(rng.uniform(5, 150) / sc.nm_per_px, 0.012 * s, 0.14 * s))
     h0 = rng.uniform(1.5, 3.0)
     z = np.zeros_like(sc.height)
@@ -179,8 +180,11 @@ def particle(sc: Scene, rng: np.random.Generator) -> dict:
         th = np.arctan2(yy - c[1], xx - c[0])
         wob = 1 + 0.25 * sum(rng.normal(0, 1) * np.sin(m * th + rng.uniform(0, 6))
                              for m in (2, 3, 5)) / 3
-        d = np.hypot((xx - c[0]) / rng.uniform(0.7, 1.3), yy - c[1]) / (r * wob)
+        ca, sa = np.cos(a := rng.uniform(0, np.pi)), np.sin(a)
+        u, v = (xx - c[0]) * ca + (yy - c[1]) * sa, -(xx - c[0]) * sa + (yy - c[1]) * ca
+        d = np.hypot(u / elong, v) / (r * wob)
         z = np.maximum(z, h0 * np.sqrt(np.clip(1 - d**2, 0, 1)))
+    z = z * (1 + 0.3 * smooth_field(rng, s, int(rng.integers(30, 80))))  # rough surface
     inside = z > 0.02
     tex = 1 + 0.15 * smooth_field(rng, s, 40)
     sc.height = np.maximum(sc.height, z + sc.height * inside)
@@ -221,7 +225,7 @@ def crack(sc: Scene, rng: np.random.Generator) -> dict:
                       w * 0.5))
     for p, w in paths:
         taper = np.linspace(1.0, 0.2, len(p) - 1) ** 0.7
-        for a, b, t in zip(p[:-1], p[1:], taper):
+        for a, b, t in zip(p[:-1], p[1:], taper, strict=False):
             cv2.line(m, (int(a[0] * SUB), int(a[1] * SUB)), (int(b[0] * SUB), int(b[1] * SUB)),
                      255, max(int(round(w * t)), 1), cv2.LINE_AA, shift=4)
     f = m.astype(np.float32) / 255.0
@@ -239,7 +243,7 @@ def scratch(sc: Scene, rng: np.random.Generator) -> dict:
     t = np.array([np.cos(th), np.sin(th)])
     nrm = np.array([-t[1], t[0]])
     along = (xx - p0[0]) * t[0] + (yy - p0[1]) * t[1]
-    w = float(np.clip(rng.uniform(3, 25) / sc.nm_per_px, 1.2 * s / 128, 6 * s / 128))
+    w = float(np.clip(rng.uniform(3, 25) / sc.nm_per_px, 1.5 * s / 128, 7 * s / 128))
     if variant == "chatter":
         core = np.zeros((s, s), np.uint8)
         n = int(rng.integers(3, 10))
@@ -271,7 +275,7 @@ def scratch(sc: Scene, rng: np.random.Generator) -> dict:
     near = np.exp(-d / (4 * w))
     smear = rng.uniform(0.0, 0.8)
     h = sc.height * (1 - smear * near) + blur_h * smear * near
-    sc.height = (h * (1 - core) - 0.6 * core + 0.3 * lip).astype(np.float32)
+    sc.height = (h * (1 - core) - 1.0 * core + 0.6 * lip).astype(np.float32)
     sc.yld = (sc.yld * (1 - 0.3 * core)).astype(np.float32)
     if rng.random() < 0.3:  # dishing blotches near the scratch
         bl = np.clip(smooth_field(rng, s, 5) - 1.0, 0, 1) * near

@@ -162,7 +162,7 @@ class ViaLayout:
     def raster(self) -> Scene:
         s = self.size
         img = np.zeros((s, s), np.uint8)
-        for x, y, rx, ry, v in zip(self.cx, self.cy, self.rx, self.ry, self.value):
+        for x, y, rx, ry, v in zip(self.cx, self.cy, self.rx, self.ry, self.value, strict=False):
             if v <= 0:
                 continue
             cv2.ellipse(img, (int(x * SUB), int(y * SUB)), (int(rx * SUB), int(ry * SUB)), 0,
@@ -196,7 +196,7 @@ def via_layout(rng: np.random.Generator, s: int) -> ViaLayout:
     n = cx.size
     jit = rng.uniform(0.5, 3.0) / nmpp
     ell = rng.uniform(0.85, 1.15)
-    r = d / 2 + rng.normal(0, jit, n)
+    r = np.maximum(d / 2 + rng.normal(0, jit, n), 0.3 * d / 2)
     sign = -1.0 if rng.random() < 0.75 else 1.0
     y_feat, y_film = (rng.uniform(0.05, 0.35), rng.uniform(0.4, 0.9)) if sign < 0 else (
         rng.uniform(0.6, 1.0), rng.uniform(0.15, 0.5))
@@ -269,14 +269,14 @@ def film_layout(rng: np.random.Generator, s: int) -> StaticLayout:
     nmpp = loguniform(rng, 1.0, 8.0)
     base = rng.uniform(0.3, 0.8)
     if rng.random() < 0.55:
-        cell = rng.uniform(20, 150) / nmpp
-        fac, edge = grains(rng, (s, s), cell, rng.uniform(0.03, 0.10))
-        height = -0.25 * cv2.GaussianBlur(edge, (0, 0), 0.8) + 0.1 * _mottle(rng, s, 1.0)
+        cell = min(rng.uniform(20, 150) / nmpp, rng.uniform(3, 12))
+        fac, edge = grains(rng, (s, s), cell, rng.uniform(0.03, 0.08))
+        height = -0.25 * cv2.GaussianBlur(edge, (0, 0), 0.8) + 0.03 * _mottle(rng, s, 1.0)
         yld = base * fac * (1 + _mottle(rng, s, 0.04))
         kind = "grain"
     else:
-        height = 0.15 * _mottle(rng, s, 1.0)
-        yld = base * (1 + _mottle(rng, s, rng.uniform(0.02, 0.08)))
+        height = 0.03 * _mottle(rng, s, 1.0)
+        yld = base * (1 + _mottle(rng, s, rng.uniform(0.01, 0.05)))
         kind = "smooth"
     insul = np.full((s, s), float(kind == "smooth"), np.float32)
     return StaticLayout(Scene(height.astype(np.float32), yld.astype(np.float32), insul, nmpp,
@@ -321,7 +321,6 @@ def stack_layout(rng: np.random.Generator, s: int) -> StaticLayout:
     nmpp = loguniform(rng, 5.0, 200.0)
     n = int(rng.integers(3, 8))
     cuts = np.sort(rng.uniform(0.05, 0.95, n - 1)) * s
-    xs = np.arange(s)
     iface = []
     for c in cuts:
         wob = rough_edges(rng, 1, s, rng.uniform(0.3, 3.0) * s / 256, rng.uniform(10, 80), 1.0)[0]
@@ -352,7 +351,6 @@ def stack_layout(rng: np.random.Generator, s: int) -> StaticLayout:
     if rng.random() < 0.4:
         yld = np.flipud(yld).copy()
         height = np.flipud(height).copy()
-    del xs
     return StaticLayout(Scene(height, yld, (yld < 0.3).astype(np.float32), nmpp, "cross",
                               "stack", {"layers": n, "materials": kinds}))
 

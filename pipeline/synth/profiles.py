@@ -12,7 +12,7 @@ class ToolProfile:
     """Ranges for one SEM tool + acquisition recipe. Units: nm, output px, or unitless."""
 
     detector: str = "inlens"          # inlens | side | bse
-    edge_gain: Range = (0.3, 0.8)     # a in a*exp(-d/lambda) inside features
+    edge_gain: Range = (0.4, 1.2)     # a in a*exp(-d/lambda) inside features
     edge_lambda_nm: Range = (1.0, 6.0)
     bloom: Range = (0.05, 0.2)        # weaker brightening outside
     foot: Range = (0.0, 0.15)         # dark foot at the base
@@ -32,7 +32,7 @@ class ToolProfile:
     drift_px: Range = (0.0, 0.5)
     shifted_lines_p: float = 0.1
     frames: tuple[int, ...] = (1, 2, 4, 8)
-    dose: Range = (8.0, 40.0)         # electrons per pixel per frame at unit yield
+    dose: Range = (25.0, 120.0)        # electrons per pixel per frame at unit yield
     gamma_noise_p: float = 0.0
     read_sigma: Range = (0.0, 0.02)
     row_sigma: Range = (0.0, 0.01)
@@ -44,15 +44,15 @@ class ToolProfile:
 
 
 PROFILES: dict[str, ToolProfile] = {
-    "inlens_hires": ToolProfile(blur_nm=(0.8, 2.0), frames=(4, 8, 16), dose=(15, 40),
+    "inlens_hires": ToolProfile(blur_nm=(0.8, 2.0), frames=(4, 8, 16), dose=(40, 120),
                                 jpeg_p=0.15, resample_p=0.15),
     "side_detector": ToolProfile(detector="side", asym=(0.25, 0.6), edge_gain=(0.2, 0.6),
                                  slope_gain=(0.5, 1.5), jpeg_p=0.2, resample_p=0.2),
     "cdsem_review": ToolProfile(edge_gain=(0.6, 1.2), edge_lambda_nm=(2.0, 6.0),
-                                bloom=(0.1, 0.3), frames=(8, 16), dose=(5, 15),
+                                bloom=(0.1, 0.3), frames=(8, 16), dose=(15, 45),
                                 vibration_px=(0.0, 0.15), jpeg_p=0.2, resample_p=0.2),
     "lowmag_inspection": ToolProfile(blur_floor_px=(0.6, 1.2), frames=(1, 2),
-                                     dose=(20, 60), wave=(0.02, 0.1), vignette=(0.05, 0.3),
+                                     dose=(60, 180), wave=(0.02, 0.1), vignette=(0.05, 0.3),
                                      jpeg_p=0.3, resample_p=0.3),
     "charging_insulator": ToolProfile(charging_p=0.9, charging=(0.15, 0.6), invert_p=0.1,
                                       drift_px=(0.2, 1.5), jpeg_p=0.2, resample_p=0.2),
@@ -61,13 +61,13 @@ PROFILES: dict[str, ToolProfile] = {
                                    shifted_lines_p=0.3, gamma_noise_p=0.5),
     "tem_like_crosssection": ToolProfile(detector="bse", edge_gain=(0.0, 0.15),
                                          bloom=(0.0, 0.05), slope_gain=(0.0, 0.2),
-                                         frames=(8, 16), dose=(20, 60), invert_p=0.2,
+                                         frames=(8, 16), dose=(60, 180), invert_p=0.2,
                                          tail=(0.05, 0.15), jpeg_p=0.3, resample_p=0.2),
     "legacy_jpeg_resized": ToolProfile(jpeg_p=1.0, jpeg_quality=(20.0, 60.0), resample_p=0.8,
                                        resample=(0.3, 0.6), blur_floor_px=(0.5, 1.0)),
     "bse_material": ToolProfile(detector="bse", edge_gain=(0.0, 0.2), slope_gain=(0.0, 0.3),
                                 bloom=(0.0, 0.05), foot=(0.0, 0.05), frames=(2, 4),
-                                dose=(6, 20), invert_p=0.1),
+                                dose=(20, 60), invert_p=0.1),
     "defocused_old_tool": ToolProfile(detector="side", asym=(0.1, 0.3), defocus_p=0.6,
                                       blur_floor_px=(0.7, 1.4), astig=(0.6, 1.6),
                                       tail=(0.05, 0.2), wave=(0.03, 0.1), frames=(1, 2, 4),

@@ -48,7 +48,7 @@ def speckle(rng: np.random.Generator, shape: tuple[int, int], density: float,
     xs, ys = rng.uniform(0, w, n), rng.uniform(0, h, n)
     rs = rng.uniform(r_px[0], r_px[1], n)
     vs = rng.integers(120, 256, n)
-    for x, y, r, v in zip(xs, ys, rs, vs):
+    for x, y, r, v in zip(xs, ys, rs, vs, strict=False):
         cv2.circle(out, (int(x * 16), int(y * 16)), max(int(r * 16), 8), int(v), -1,
                    cv2.LINE_AA, shift=4)
     return out.astype(np.float32) / 255.0

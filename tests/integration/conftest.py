@@ -15,10 +15,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "data", "models", "artifacts", "reports", "mlflow.db", "mlartifacts",
-    "__pycache__", ".pytest_cache", ".ruff_cache", ".helpers", "*.egg-info",
-)
+# Outputs and local state at the top level only (conf/data and pipeline/data are sources).
+TOP_LEVEL_SKIP = {".venv", ".git", "data", "models", "artifacts", "reports", "mlflow.db",
+                  "mlartifacts", ".helpers", ".pytest_cache", ".ruff_cache"}
+ANYWHERE_SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info")
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    skipped = set(ANYWHERE_SKIP(folder, names))
+    if Path(folder).resolve() == ROOT:
+        skipped |= TOP_LEVEL_SKIP & set(names)
+    return skipped
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout=1800):
@@ -33,7 +40,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, 
 
 
 def make_project(dest: Path, overrides: list[str]) -> Path:
-    shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
+    shutil.copytree(ROOT, dest, ignore=_ignore)
     (dest / "data" / "real").mkdir(parents=True)
     run([str(BIN / "python"), "-m", "pipeline", "compose", *overrides], dest)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

@@ -61,9 +61,18 @@ def test_synthesis_is_byte_identical_across_runs(smoke_project, tmp_path):
 
 
 def test_dvc_exp_run_with_hydra_override(smoke_project):
-    run(["dvc", "exp", "run", "-S", "synth.image_size=48"], smoke_project)
-    shown = run(["dvc", "exp", "show", "--json"], smoke_project).stdout
-    assert '"image_size": 48' in shown.replace(" ", "").replace('"image_size":48', '"image_size": 48')
+    """DVC composes conf/ with -S overrides (Hydra) and runs only what they invalidate."""
+    proc = run(["dvc", "exp", "run", "-S", "experiment=smoke", "-S", "synth.image_size=48"],
+               smoke_project)
+    assert "Running stage 'synthesize'" in proc.stdout
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], smoke_project).stdout)
+    sizes = {
+        exp["data"]["params"]["params.yaml"]["data"]["synth"]["image_size"]
+        for rev in shown
+        for exp in [rev, *[e for x in (rev.get("experiments") or []) for e in x["revs"]]]
+        if exp.get("data")
+    }
+    assert {64, 48} <= sizes
 
 
 def test_stage_logs_to_mlflow_server(tmp_path, mlflow_server):

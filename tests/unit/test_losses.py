@@ -50,8 +50,12 @@ def test_focal_gamma2_matches_hand_computation():
     # per-class alpha scales each sample by its target's alpha
     alpha = torch.tensor([0.25, 1.0, 0.75])
     lp = [_log_softmax(r)[t] for r, t in zip(LOGITS.tolist(), TARGET.tolist(), strict=True)]
-    exp_alpha = sum(-a * (1 - math.exp(v)) ** 2 * v for a, v in zip([0.25, 0.75], lp, strict=True)) / 2
-    assert FocalLoss(gamma=2.0, alpha=alpha)(LOGITS, TARGET).item() == pytest.approx(exp_alpha, abs=1e-6)
+    exp_alpha = (
+        sum(-a * (1 - math.exp(v)) ** 2 * v for a, v in zip([0.25, 0.75], lp, strict=True)) / 2
+    )
+    assert FocalLoss(gamma=2.0, alpha=alpha)(LOGITS, TARGET).item() == pytest.approx(
+        exp_alpha, abs=1e-6
+    )
 
 
 def test_kd_loss_matches_manual_kl_and_is_zero_for_identical_logits():

@@ -11,9 +11,18 @@ from pipeline.models.export_safe import HardSigmoidTFLM, make_export_safe
 from pipeline.models.plain_cnn import PlainCNN
 from pipeline.models.preprocess import Normalize, Preprocess
 
-SHIPPED = ["convnext_atto", "convnext_femto", "resnet18", "efficientnet_lite0",
-           "mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
-           "mobilenetv2_050", "mobilenetv2_075", "plain_cnn"]
+SHIPPED = [
+    "convnext_atto",
+    "convnext_femto",
+    "resnet18",
+    "efficientnet_lite0",
+    "mobilenetv3_small_050",
+    "mobilenetv3_small_075",
+    "mobilenetv3_small_100",
+    "mobilenetv2_050",
+    "mobilenetv2_075",
+    "plain_cnn",
+]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -28,19 +28,36 @@ def items(tmp_path_factory):
 
 
 def _dm(items, size, **kw):
-    return SEMDataModule(items[:18], {"val": items[18:], "heldout": items[12:18]}, size,
-                         augment=kw.pop("augment", AUG), batch_size=6, num_workers=0, seed=7, **kw)
+    return SEMDataModule(
+        items[:18],
+        {"val": items[18:], "heldout": items[12:18]},
+        size,
+        augment=kw.pop("augment", AUG),
+        batch_size=6,
+        num_workers=0,
+        seed=7,
+        **kw,
+    )
 
 
 def _model(backbone, size, **kw):
-    return SEMClassifier(backbone, 3, CLASSES, {"image_size": size}, loss=LOSS, optimizer=OPT,
-                         max_epochs=2, **kw)
+    return SEMClassifier(
+        backbone, 3, CLASSES, {"image_size": size}, loss=LOSS, optimizer=OPT, max_epochs=2, **kw
+    )
 
 
 def _trainer(**kw):
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                     num_sanity_val_steps=0, **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        **kw,
+    )
 
 
 def test_plain_then_distilled_fit(items, tmp_path):
@@ -49,17 +66,31 @@ def test_plain_then_distilled_fit(items, tmp_path):
     trainer = _trainer(max_epochs=1)
     trainer.fit(teacher, datamodule=_dm(items, 48))
     logged = trainer.callback_metrics
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1",
-                "heldout/acc", "heldout/macro_f1"):
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/macro_f1",
+        "heldout/acc",
+        "heldout/macro_f1",
+    ):
         assert key in logged, key
-    assert teacher.last_confusion["val"].sum() == 6 and teacher.last_confusion["heldout"].shape == (3, 3)
+    assert teacher.last_confusion["val"].sum() == 6 and teacher.last_confusion["heldout"].shape == (
+        3,
+        3,
+    )
     teacher_ckpt = tmp_path / "teacher.ckpt"
     trainer.save_checkpoint(teacher_ckpt)
     assert checkpoint_preprocess(teacher_ckpt).image_size == 48
 
     # Student at 32 px distilled from the 48 px teacher: the batch is served at 48 px.
-    student = _model("mobilenetv3_small_050", 32, teacher_ckpt=str(teacher_ckpt),
-                     kd={"temperature": 4.0, "alpha": 0.7})
+    student = _model(
+        "mobilenetv3_small_050",
+        32,
+        teacher_ckpt=str(teacher_ckpt),
+        kd={"temperature": 4.0, "alpha": 0.7},
+    )
     trainer = _trainer(max_epochs=1, limit_train_batches=2)
     trainer.fit(student, datamodule=_dm(items, 48))
     assert "train/kd_loss" in trainer.callback_metrics
@@ -106,6 +137,10 @@ def test_config_mistakes_are_user_errors(items, tmp_path):
     with pytest.raises(UserError, match="sampler"):
         _dm(items, 32, sampler="weighted")
     with pytest.raises(UserError, match="not found"):
-        model = _model("plain_cnn", 32, teacher_ckpt=str(tmp_path / "none.ckpt"),
-                       kd={"temperature": 2.0, "alpha": 0.5})
+        model = _model(
+            "plain_cnn",
+            32,
+            teacher_ckpt=str(tmp_path / "none.ckpt"),
+            kd={"temperature": 2.0, "alpha": 0.5},
+        )
         model.setup("fit")

@@ -1,0 +1,58 @@
+"""The edge report (flash, RAM, MACs, latency) and the export manifest (file hashes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.files import sha256_file
+
+# NXP i.MX RT1170: 2 MB on-chip SRAM (all banks, incl. the M7's TCM); Cortex-M7 at 1 GHz.
+SRAM_BYTES = 2 * 1024 * 1024
+M7_HZ = 1.0e9
+# CMSIS-NN int8 kernels sustain roughly 0.5-1 MAC per cycle on a Cortex-M7 (dual-issue,
+# 2-way SIMD SMLAD, minus memory stalls); 0.5 is the planning figure, 1.0 the best case.
+MACS_PER_CYCLE = 0.5
+MACS_PER_CYCLE_BEST = 1.0
+
+
+def edge_report(tflite_int8: Path, arena_bytes: int, macs: int, host_latency_ms: float,
+                host: str) -> dict:
+    """Edge Impulse-style resource summary for the int8 model on an i.MX RT1170.
+
+    flash_bytes is the model file alone (the TFLM runtime's code, typically 50-100 KB with
+    only the needed kernels, is not included). RAM is the TFLM tensor arena (measured with
+    the TFLM interpreter), plus the model itself when it is copied into SRAM.
+    """
+    model_bytes = Path(tflite_int8).stat().st_size
+    return {
+        "flash_bytes": model_bytes,
+        "flash_note": "model flatbuffer only; add the TFLM runtime code (~50-100 KB)",
+        "arena_bytes": int(arena_bytes),
+        "ram_total_bytes": int(arena_bytes),
+        "ram_total_model_in_sram_bytes": int(arena_bytes) + model_bytes,
+        "macs": int(macs),
+        "host_latency_ms": float(host_latency_ms),
+        "host": host,
+        "m7_latency_ms_estimate": macs / (MACS_PER_CYCLE * M7_HZ) * 1e3,
+        "m7_latency_ms_best_case": macs / (MACS_PER_CYCLE_BEST * M7_HZ) * 1e3,
+        "m7_assumption": f"Cortex-M7 @ {M7_HZ / 1e9:g} GHz, CMSIS-NN int8 at {MACS_PER_CYCLE} "
+                         f"MAC/cycle (best case {MACS_PER_CYCLE_BEST}); conv/linear MACs only",
+        "sram_budget_bytes": SRAM_BYTES,
+        "fits_sram_model_in_flash": arena_bytes <= SRAM_BYTES,
+        "fits_sram_model_in_sram": arena_bytes + model_bytes <= SRAM_BYTES,
+    }
+
+
+def build_manifest(files: list[Path], **fields: object) -> dict:
+    """{"files": {name: {"sha256", "bytes"}}, **fields}; write it with files.write_json.
+
+    Files are keyed by name (not path) so the manifest is the same on every machine.
+    """
+    entries: dict[str, dict] = {}
+    for path in map(Path, files):
+        if path.name in entries:
+            raise ValueError(f"two manifest files are named {path.name}")
+        entries[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if "files" in fields:
+        raise ValueError("'files' is reserved for the file hashes")
+    return {"files": entries, **fields}
