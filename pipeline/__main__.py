@@ -1,7 +1,7 @@
 """Command line: `python -m pipeline <command> [args]`.
 
 Stages (run by DVC; `key=value` overrides apply on top of params.yaml for debugging):
-  synthesize, split
+  synthesize, split, train_teacher, distill_student
 Tools:
   compose [hydra overrides]   write params.yaml from conf/ (what `dvc exp run -S` does)
   check-params                exit 1 when params.yaml differs from what conf/ composes to
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 
-STAGES = ("synthesize", "split")
+STAGES = ("synthesize", "split", "train_teacher", "distill_student")
 
 
 def _compose(args: list[str]) -> int:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, args = argv[0].replace("-", "_"), argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightning.pytorch").propagate = False  # it has its own handler
     try:
         if command == "compose":
             return _compose(args)

@@ -9,6 +9,7 @@ layer is Normalize and calibration spans exactly [0, 1] (see `_pin_input_range`)
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from pipeline.errors import UserError
 from pipeline.export.quantize import check_calibration, onnx_input
 from pipeline.files import write_bytes
 
@@ -36,6 +38,9 @@ def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
     The int8 model is fully integer (int8 input and output); weights are quantized
     per-channel (default) or per-tensor. `calibration`: float32 (N, 1, S, S) in [0, 1].
     """
+    if importlib.util.find_spec("onnx2tf") is None:
+        raise UserError("onnx2tf is not installed; install the export toolchain (see the "
+                        "Makefile's setup step) to build TFLite models")
     input_name, size = onnx_input(Path(onnx_path))
     cal = _pin_input_range(check_calibration(calibration, size))
     with tempfile.TemporaryDirectory(prefix="onnx2tf_") as tmp_str:

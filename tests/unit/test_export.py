@@ -251,3 +251,10 @@ def test_tflm_rejects_an_unsupported_op(tmp_path):
     path.write_bytes(converter.convert())
     with pytest.raises(UserError, match="ops TFLM does not support: REDUCE_PROD"):
         tflm_check(path, np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_onnx_exports_are_byte_reproducible(model, exported, data, tmp_path):
+    fp32 = export_onnx(model.net, SIZE, tmp_path / "model.onnx", metadata=exported["meta"])
+    int8 = quantize_onnx_int8(fp32, tmp_path / "model_int8.onnx", data["cal"])
+    assert sha256_file(fp32) == sha256_file(exported["fp32"])
+    assert sha256_file(int8) == sha256_file(exported["int8"])

@@ -1,0 +1,126 @@
+"""Glue shared by the training stages: reading splits, training, writing and logging reports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pipeline.data.datamodule import SEMDataModule
+from pipeline.errors import UserError
+from pipeline.evaluate.metrics import scalar_metrics
+from pipeline.evaluate.plots import confusion_figure, save_figure
+from pipeline.files import read_csv, sha256_file, write_json
+from pipeline.models.backbones import count_macs, count_params
+from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
+from pipeline.models.preprocess import Preprocess
+from pipeline.taxonomy import Taxonomy
+from pipeline.tracking import StageRun
+from pipeline.training import evaluate_sets, fit, loss_config, phase_items
+
+log = logging.getLogger(__name__)
+SPLITS_DIR = Path("data/splits")
+SPLIT_NAMES = ("train", "val", "test", "heldout")
+
+
+def load_splits(root: Path) -> dict[str, list[dict]]:
+    splits = {}
+    for name in SPLIT_NAMES:
+        path = root / SPLITS_DIR / f"{name}.csv"
+        if not path.is_file():
+            raise UserError(f"{path} is missing; run the split stage first (dvc repro split)")
+        splits[name] = read_csv(path)
+    return splits
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (and dataloader workers) for a reproducible stage."""
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
+def model_facts(model: SEMClassifier, checkpoint: Path) -> dict:
+    size = model.pp.image_size
+    return {
+        "params": count_params(model.net),
+        "macs": count_macs(model.net, (1, 1, size, size)),
+        "image_size": size,
+        "torch_threads": torch.get_num_threads(),
+        "checkpoint_sha256": sha256_file(checkpoint),
+    }
+
+
+def report_model(
+    tracker: StageRun,
+    out_dir: Path,
+    evaluations: Mapping[str, dict],
+    class_names: list[str],
+    facts: Mapping[str, float | int | str],
+) -> dict:
+    """Write metrics.json and confusion figures beside the model and log them to the run."""
+    summary: dict = {"facts": dict(facts)}
+    flat: dict[str, float] = {}
+    for name, metrics in evaluations.items():
+        summary[name] = metrics
+        flat.update(scalar_metrics(metrics, f"final/{name}"))
+        for normalise in (False, True):
+            kind = "normalised" if normalise else "counts"
+            fig = confusion_figure(metrics["confusion"], class_names,
+                                   f"{name} ({kind}, n={metrics['n']})", normalise=normalise)
+            path = save_figure(fig, out_dir / f"confusion_{name}_{kind}.png")
+            tracker.log_artifact(path, "figures")
+    write_json(out_dir / "metrics.json", summary)
+    numeric = {k: float(v) for k, v in facts.items() if isinstance(v, int | float)}
+    tracker.log_metrics({**flat, **numeric})
+    tracker.set_tags({"checkpoint_sha256": facts["checkpoint_sha256"]})
+    tracker.log_artifact(out_dir / "metrics.json", "reports")
+    return flat
+
+
+def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: dict,
+                out_dir: Path, metrics_file: Path, teacher_ckpt: Path | None,
+                kd: dict | None) -> None:
+    """Train one model on the synthetic splits; shared by train_teacher and distill_student."""
+    train = cfg["train"]
+    taxonomy = Taxonomy.from_config(cfg["taxonomy"])
+    phase = train["phase"]
+    classes = list(taxonomy.phase(phase).classes)
+    splits = {k: phase_items(v, root, taxonomy, phase) for k, v in load_splits(root).items()}
+    with StageRun(root, cfg, stage, phase=phase) as tracker:
+        tracker.log_params({"model": model_cfg, "optim": opt_cfg, "train": train,
+                            "trainer": cfg["trainer"], "kd": kd or {}})
+        seed_everything(opt_cfg["seed"])
+        model = SEMClassifier(
+            model_cfg["name"], len(classes), classes,
+            Preprocess(model_cfg["image_size"]).to_dict(),
+            pretrained=model_cfg["pretrained"], drop_rate=model_cfg["drop_rate"],
+            loss=loss_config(train["loss"], [y for _, y in splits["train"]], len(classes)),
+            optimizer={k: opt_cfg[k] for k in ("lr", "weight_decay", "warmup_epochs")},
+            max_epochs=opt_cfg["max_epochs"],
+            teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, kd=kd,
+        )
+        size = model_cfg["image_size"]
+        if teacher_ckpt:
+            # One batch feeds both models: serve the larger size, each resizes on-tensor.
+            size = max(size, checkpoint_preprocess(teacher_ckpt).image_size)
+        datamodule = SEMDataModule(
+            splits["train"], {"val": splits["val"], "heldout": splits["heldout"]}, size,
+            augment=train["augment"], batch_size=opt_cfg["batch_size"],
+            num_workers=train["num_workers"], seed=opt_cfg["seed"], sampler=train["sampler"],
+        )
+        result = fit(model, datamodule, trainer_cfg=cfg["trainer"],
+                     max_epochs=opt_cfg["max_epochs"], patience=opt_cfg["early_stopping_patience"],
+                     out_file=out_dir / "model.ckpt", logger=tracker.lightning_logger())
+        if not result.is_global_zero:
+            return  # DDP: only rank 0 evaluates, writes and logs
+        evaluations = evaluate_sets(result.model, {k: splits[k] for k in ("val", "test", "heldout")},
+                                    clean_classes=[c for c in classes if "clean" in c.lower()])
+        facts = {**model_facts(result.model, result.checkpoint),
+                 "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+                 "backbone": model_cfg["name"]}
+        flat = report_model(tracker, out_dir, evaluations, classes, facts)
+        write_json(metrics_file, {**flat, **{k: v for k, v in facts.items() if k != "backbone"}})
+        log.info("%s: %s", stage, {k: round(v, 4) for k, v in flat.items() if "accuracy" in k
+                                   or "macro_f1" in k})

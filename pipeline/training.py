@@ -1,0 +1,137 @@
+"""Fit and score SEMClassifier models: the loop shared by every training stage.
+
+Takes plain arguments and returns values; the stages decide what to log and where to write.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from pipeline.data.datamodule import ImageDataset, SEMDataModule
+from pipeline.evaluate.metrics import classification_metrics
+from pipeline.files import atomic_path
+from pipeline.models.classifier import SEMClassifier
+from pipeline.models.losses import class_weights_from_counts
+from pipeline.taxonomy import Taxonomy
+
+Items = list[tuple[str, int]]
+MONITOR = "val/macro_f1"
+# Lightning checkpoint entries that only matter for resuming; the delivered file drops them.
+_RESUME_ONLY = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
+
+
+def phase_items(rows: Sequence[Mapping], root: Path, taxonomy: Taxonomy, phase: str) -> Items:
+    """(absolute path, phase class index) for split rows, through the fine→phase table."""
+    classes = taxonomy.phase(phase).classes
+    return [
+        (str(root / r["path"]), classes.index(taxonomy.map_fine(r["fine_class"], phase)))
+        for r in rows
+    ]
+
+
+def loss_config(loss: Mapping, labels: Sequence[int], num_classes: int) -> dict:
+    """The model's loss dict: `class_weights` none|inverse|sqrt_inverse|effective|[list]."""
+    weights = loss.get("class_weights", "none")
+    out = {k: v for k, v in loss.items() if k != "class_weights"}
+    if isinstance(weights, str) and weights != "none":
+        counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes)
+        weights = class_weights_from_counts(counts.tolist(), mode=weights).tolist()
+    out["class_weights"] = None if weights == "none" else weights
+    return out
+
+
+@dataclass
+class FitResult:
+    model: SEMClassifier
+    checkpoint: Path
+    seconds: float
+    epochs: int
+    is_global_zero: bool
+
+
+def fit(
+    model: SEMClassifier,
+    datamodule: SEMDataModule,
+    *,
+    trainer_cfg: Mapping,
+    max_epochs: int,
+    patience: int,
+    out_file: Path,
+    logger=None,
+    progress: bool = True,
+) -> FitResult:
+    """Train with early stopping on val macro-F1 and write the best weights to `out_file`.
+
+    Checkpoints go to a scratch folder that is wiped first, so a checkpoint left by a killed
+    run is never trusted; `out_file` appears (atomically) only when training completed.
+    """
+    scratch = out_file.parent / f".{out_file.stem}.work"
+    shutil.rmtree(scratch, ignore_errors=True)
+    best = ModelCheckpoint(dirpath=scratch, filename="best", monitor=MONITOR, mode="max",
+                           save_top_k=1, save_last=False, enable_version_counter=False)
+    trainer = L.Trainer(
+        accelerator=trainer_cfg["accelerator"],
+        devices=trainer_cfg["devices"],
+        num_nodes=trainer_cfg["num_nodes"],
+        strategy=trainer_cfg["strategy"],
+        precision=trainer_cfg["precision"],
+        deterministic=trainer_cfg["deterministic"],
+        max_epochs=max_epochs,
+        callbacks=[best, EarlyStopping(monitor=MONITOR, mode="max", patience=patience)],
+        logger=logger if logger is not None else False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(scratch),
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    if trainer.is_global_zero:
+        _write_weights_only(Path(best.best_model_path), out_file)
+        shutil.rmtree(scratch, ignore_errors=True)
+    best_model = SEMClassifier.load_from_checkpoint(out_file, map_location="cpu", weights_only=True) \
+        if trainer.is_global_zero else model
+    return FitResult(best_model, out_file, seconds, trainer.current_epoch, trainer.is_global_zero)
+
+
+def _write_weights_only(best: Path, out_file: Path) -> None:
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    for key in _RESUME_ONLY:
+        ckpt.pop(key, None)
+    with atomic_path(out_file) as tmp:
+        torch.save(ckpt, tmp)
+
+
+@torch.no_grad()
+def predict_probs(model: SEMClassifier, items: Items, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities for items, with the model's own preprocessing, no augmentation."""
+    model.eval()
+    loader = DataLoader(ImageDataset(items, model.pp.image_size), batch_size=batch_size)
+    out = [torch.softmax(model(x), dim=1).numpy() for x, _ in loader]
+    return np.concatenate(out) if out else np.zeros((0, model.hparams.num_classes), np.float32)
+
+
+def evaluate_sets(model: SEMClassifier, sets: Mapping[str, Items],
+                  clean_classes: Sequence[str] = ()) -> dict[str, dict]:
+    """classification_metrics for each named set of items."""
+    names = list(model.hparams.class_names)
+    results = {}
+    for name, items in sets.items():
+        if not items:
+            continue
+        probs = predict_probs(model, items)
+        y_true = [label for _, label in items]
+        results[name] = classification_metrics(y_true, probs.argmax(1), names, probs,
+                                                clean_classes=clean_classes)
+    return results
