@@ -11,10 +11,13 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The TFLite toolchain: onnx2tf's metadata pins an old TensorFlow, so it and its runtime
+# helpers go in with --no-deps beside tensorflow-cpu (see requirements-export.txt).
+$(STAMP): pyproject.toml requirements-export.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-export.txt
 	touch $(STAMP)
 
 repro: setup

@@ -2,6 +2,7 @@
 
 Stages (run by DVC; `key=value` overrides apply on top of params.yaml for debugging):
   synthesize, split, train_teacher, distill_student
+  finetune_real PHASE
 Tools:
   compose [hydra overrides]   write params.yaml from conf/ (what `dvc exp run -S` does)
   check-params                exit 1 when params.yaml differs from what conf/ composes to
@@ -20,6 +21,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 STAGES = ("synthesize", "split", "train_teacher", "distill_student")
+PHASE_STAGES = ("finetune_real",)
 
 
 def _compose(args: list[str]) -> int:
@@ -68,10 +70,18 @@ def _import_folder(args: list[str]) -> int:
 def _stage(name: str, args: list[str]) -> int:
     from pipeline.config import find_root, load_params
 
+    phase = None
+    if name in PHASE_STAGES:
+        if not args or "=" in args[0]:
+            raise UserError(f"usage: python -m pipeline {name} PHASE [key=value ...]")
+        phase, args = args[0], args[1:]
     root = find_root()
     cfg = load_params(root, args)
     module = importlib.import_module(f"pipeline.stages.{name}")
-    module.run(cfg, root)
+    if phase is None:
+        module.run(cfg, root)
+    else:
+        module.run(cfg, root, phase)
     return 0
 
 
@@ -90,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             return _check_params(args)
         if command == "import_folder":
             return _import_folder(args)
-        if command in STAGES:
+        if command in STAGES or command in PHASE_STAGES:
             return _stage(command, args)
         print(f"error: unknown command {argv[0]!r}; run `python -m pipeline --help`", file=sys.stderr)
         return 2

@@ -92,6 +92,33 @@ class EpochSampler(Sampler):
         return iter([(int(i), self.epoch) for i in order])
 
 
+class MixedBatchSampler(Sampler):
+    """Batches of (index, epoch) keys where a fixed share of every batch comes from a replay
+    pool (indices >= n_main): fine-tuning keeps seeing synthetic images so it does not forget.
+    One epoch is one pass over the main items."""
+
+    def __init__(self, n_main: int, n_replay: int, batch_size: int, replay_fraction: float,
+                 seed: int) -> None:
+        self.n_main, self.n_replay, self.seed = n_main, n_replay, seed
+        self.n_replay_per_batch = min(n_replay, max(1, round(batch_size * replay_fraction)))
+        self.n_main_per_batch = max(1, batch_size - self.n_replay_per_batch)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n_main // self.n_main_per_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 2])
+        main = rng.permutation(self.n_main)
+        for start in range(0, self.n_main, self.n_main_per_batch):
+            replay = self.n_main + rng.choice(self.n_replay, self.n_replay_per_batch, replace=False)
+            batch = [*main[start : start + self.n_main_per_batch].tolist(), *replay.tolist()]
+            yield [(int(i), self.epoch) for i in batch]
+
+
 class SEMDataModule(L.LightningDataModule):
     """Train loader plus one named validation loader per entry of `val` (in order)."""
 
@@ -106,6 +133,8 @@ class SEMDataModule(L.LightningDataModule):
         num_workers: int,
         seed: int,
         sampler: str = "shuffle",
+        replay: list[tuple[str, int]] | None = None,
+        replay_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if not train:
@@ -124,9 +153,17 @@ class SEMDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.sampler = sampler
+        self.replay_items = list(replay or [])
+        self.replay_fraction = replay_fraction
 
     def train_dataloader(self) -> DataLoader:
         augment = build_augment(self.augment_cfg, self.image_size)
+        if self.replay_items and self.replay_fraction > 0:
+            ds = ImageDataset(self.train_items + self.replay_items, self.image_size, augment,
+                              self.seed)
+            batches = MixedBatchSampler(len(self.train_items), len(self.replay_items),
+                                        self.batch_size, self.replay_fraction, self.seed)
+            return DataLoader(ds, batch_sampler=batches, num_workers=self.num_workers)
         ds = ImageDataset(self.train_items, self.image_size, augment, self.seed)
         sampler = EpochSampler(
             [y for _, y in self.train_items], self.seed, self.sampler == "balanced"

@@ -69,3 +69,10 @@ def scalar_metrics(metrics: dict, prefix: str) -> dict[str, float]:
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and k != "n"
     }
+
+
+def confusion_records(y_true: Sequence[int], y_pred: Sequence[int],
+                      class_names: Sequence[str]) -> list[dict[str, str]]:
+    """One {"actual", "predicted"} record per image, as DVC's confusion plot template reads."""
+    return [{"actual": class_names[t], "predicted": class_names[p]}
+            for t, p in zip(y_true, y_pred, strict=True)]

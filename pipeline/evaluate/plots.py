@@ -1,7 +1,8 @@
-"""Figures (matplotlib, Agg): confusion matrices."""
+"""Figures (matplotlib, Agg): confusion matrices, PNG encoding for reports."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,3 +46,11 @@ def save_figure(fig, path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def figure_png(fig) -> bytes:
+    """A figure as PNG bytes (e.g. to inline in a report); closes the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

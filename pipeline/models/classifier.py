@@ -153,6 +153,16 @@ class SEMClassifier(L.LightningModule):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def freeze_first_units(self, n: int) -> None:
+        """Freeze the backbone's first n units (stem, blocks); their BatchNorm stays in eval."""
+        from pipeline.models.surgery import freeze_first
+
+        self._frozen = freeze_first(self.net.backbone, n)
+
+    def on_train_epoch_start(self) -> None:
+        for unit in getattr(self, "_frozen", ()):
+            unit.eval()  # Lightning puts every module in train mode at each epoch start
+
     # ---- evaluation ---------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._eval_stats = {}

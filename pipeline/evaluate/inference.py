@@ -1,0 +1,229 @@
+"""One predictor interface over every model format: .ckpt (torch), .onnx and .tflite.
+
+Every format feeds exactly `Preprocess.__call__` of the model's stored preprocess spec (the
+single definition of the model input) and returns softmax probabilities, so evaluations of
+the same model in different formats differ only by the format's own arithmetic.
+
+Where the contract (class names + preprocess) comes from:
+- .ckpt: the checkpoint's hyper-parameters;
+- .onnx: the file's metadata_props (written by `export_onnx`), else as for .tflite;
+- .tflite: `manifest.json` in the same folder (keys "class_names", "preprocess", written by
+  the quantize stage), else the metadata of a sibling `model.onnx`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+from pipeline.models.preprocess import Preprocess
+
+FORMATS = {".ckpt": "torch", ".onnx": "onnx", ".tflite": "tflite"}
+MANIFEST_NAME = "manifest.json"
+SIBLING_ONNX = "model.onnx"
+_BATCH = 64  # images preprocessed and run at once; bounds memory for big folders
+
+
+class Predictor(Protocol):
+    class_names: list[str]
+    image_size: int
+    fmt: str  # "torch" | "onnx" | "tflite"
+    path: Path
+
+    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 (H, W) images → (N, C) float32 softmax probabilities."""
+        ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class _Predictor:
+    """Preprocessing, batching and softmax shared by the formats; subclasses give `_logits`."""
+
+    fmt = ""
+
+    def __init__(self, path: Path, class_names: Sequence[str], pp: Preprocess) -> None:
+        self.path = Path(path)
+        self.class_names = list(class_names)
+        self.pp = pp
+        self.image_size = pp.image_size
+
+    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 (H, W) images of any size → (N, C) float32 softmax probabilities."""
+        chunks = []
+        for start in range(0, len(images), _BATCH):
+            x = np.stack([self.pp(img) for img in images[start: start + _BATCH]])
+            chunks.append(self._logits(x))
+        if not chunks:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        logits = np.concatenate(chunks).astype(np.float32)
+        if logits.shape[1] != len(self.class_names):
+            raise UserError(f"{self.path} outputs {logits.shape[1]} scores but names "
+                            f"{len(self.class_names)} classes; re-export the model")
+        return softmax(logits)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchPredictor(_Predictor):
+    fmt = "torch"
+
+    def __init__(self, path: Path) -> None:
+        from pipeline.models.classifier import SEMClassifier
+
+        model = SEMClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        super().__init__(path, model.hparams.class_names, model.pp)
+        self._net = model.net.eval()
+
+    @torch.no_grad()
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        return self._net(torch.from_numpy(x)).numpy()
+
+
+class OnnxPredictor(_Predictor):
+    fmt = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        super().__init__(path, *_contract(Path(path)))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # like the TFLite interpreter: comparable latencies
+        self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = self._sess.get_inputs()[0]
+        self._input = inp.name
+        self._batch_one = inp.shape[0] == 1  # static batch-1 exports (for onnx2tf / MCUs)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        if not self._batch_one:
+            return self._sess.run(None, {self._input: x})[0]
+        return np.concatenate([self._sess.run(None, {self._input: x[i: i + 1]})[0]
+                               for i in range(len(x))])
+
+
+class TFLitePredictor(_Predictor):
+    """Float or full-int8 TFLite; int8 input is quantized and the output dequantized."""
+
+    fmt = "tflite"
+
+    def __init__(self, path: Path) -> None:
+        # One interpreter for the predictor's life: `tflite_predict` builds one per call,
+        # which would dominate batch-1 latency.
+        from pipeline.export.tflite import _interpreter
+
+        super().__init__(path, *_contract(Path(path)))
+        self._it = _interpreter(Path(path))
+        self._in = self._it.get_input_details()[0]
+        self._out = self._it.get_output_details()[0]
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        from pipeline.export.tflite import quantize_input
+
+        x = x.transpose(0, 2, 3, 1)  # NCHW → NHWC
+        if self._in["dtype"] == np.int8:
+            x = quantize_input(x, *self._in["quantization"])
+        out = []
+        for i in range(len(x)):  # static batch of 1
+            self._it.set_tensor(self._in["index"], x[i: i + 1])
+            self._it.invoke()
+            out.append(self._it.get_tensor(self._out["index"]).copy())
+        y = np.concatenate(out)
+        if self._out["dtype"] == np.int8:
+            scale, zero_point = self._out["quantization"]
+            y = (y.astype(np.float32) - zero_point) * scale
+        return y
+
+
+_PREDICTORS = {"torch": TorchPredictor, "onnx": OnnxPredictor, "tflite": TFLitePredictor}
+
+
+def load_predictor(model_path: str | Path) -> Predictor:
+    """A Predictor for a .ckpt, .onnx or .tflite file; UserError for a missing file or suffix."""
+    path = Path(model_path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"model {path}: unknown format {path.suffix or '(no suffix)'}; "
+                        f"give a {', '.join(FORMATS)} file")
+    if not path.is_file():
+        raise UserError(f"model {path} not found; check the path or build it (dvc repro)")
+    return _PREDICTORS[fmt](path)
+
+
+def _contract(path: Path) -> tuple[list[str], Preprocess]:
+    """(class names, Preprocess) of an exported model, from the sources in the module doc."""
+    from pipeline.export.onnx_export import read_metadata
+
+    sources: list[tuple[Path, dict]] = []
+    if path.suffix.lower() == ".onnx":
+        sources.append((path, read_metadata(path)))
+    manifest = path.parent / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            sources.append((manifest, json.loads(manifest.read_text(encoding="utf-8"))))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{manifest} is not valid JSON ({exc}); rebuild it (dvc repro)") from exc
+    sibling = path.parent / SIBLING_ONNX
+    if sibling.is_file() and sibling.resolve() != path.resolve():
+        sources.append((sibling, read_metadata(sibling)))
+    for source, meta in sources:
+        if "class_names" in meta and "preprocess" in meta:
+            names, pp = (_json_value(meta[k]) for k in ("class_names", "preprocess"))
+            if not isinstance(names, list) or not isinstance(pp, dict):
+                raise UserError(f"{source}: 'class_names' must be a list and 'preprocess' a "
+                                "mapping; re-export the model")
+            return [str(n) for n in names], Preprocess.from_dict(pp)
+    raise UserError(f"model {path}: no class names and preprocess found (looked in "
+                    f"{'its metadata, ' if path.suffix.lower() == '.onnx' else ''}"
+                    f"{manifest} and {sibling}); keep the model in the folder the quantize "
+                    "stage wrote, beside its manifest.json")
+
+
+def _json_value(value: object) -> object:
+    """ONNX metadata holds JSON strings; manifest.json holds the values themselves."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def host_latency_ms(predictor: Predictor, image_size: int | None = None, n: int = 50,
+                    warmup: int = 5) -> dict:
+    """Batch-1 latency of `predictor.predict` (preprocess included) on this host.
+
+    The image is a seeded random uint8 image at `image_size` (default: the model's input
+    size, so resizing costs nothing). Returns median and p90 in ms, n, format and host.
+    """
+    size = image_size or predictor.image_size
+    img = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
+    for _ in range(warmup):
+        predictor.predict([img])
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        predictor.predict([img])
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
+            "n": n, "format": predictor.fmt, "host": host_name()}
+
+
+def host_name() -> str:
+    """CPU model, architecture and core count, e.g. 'AMD EPYC (x86_64, 2 CPUs)'."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass  # not Linux: platform.processor() is the best there is
+    return f"{model or 'unknown CPU'} ({platform.machine()}, {os.cpu_count()} CPUs)"

@@ -1,0 +1,204 @@
+"""finetune_real@<phase>: the distilled student fine-tuned on the phase's real images (or the
+held-out-profile stand-in), with head surgery, frozen early blocks, class weights from the real
+counts and a replay buffer of the hardest synthetic images mixed into every batch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.data.datamodule import SEMDataModule
+from pipeline.data.importer import load_unlabelled
+from pipeline.data.real import (
+    STANDIN,
+    load_real_folder,
+    require_trainable,
+    split_real,
+    standin_items,
+)
+from pipeline.errors import UserError
+from pipeline.files import sha256_file, write_csv, write_json
+from pipeline.models.classifier import SEMClassifier
+from pipeline.models.surgery import head_row_sources, transfer_weights
+from pipeline.stages.common import load_splits, model_facts, report_model, seed_everything
+from pipeline.stages.distill_student import OUT_DIR as STUDENT_DIR
+from pipeline.taxonomy import Taxonomy
+from pipeline.tracking import StageRun
+from pipeline.training import Items, evaluate_sets, fit, loss_config, phase_items, predict_probs
+
+log = logging.getLogger(__name__)
+
+
+def out_dir(phase: str) -> Path:
+    return Path("models") / phase
+
+
+def metrics_file(phase: str) -> Path:
+    return Path("reports/models") / f"{phase}.json"
+
+
+def run(cfg: dict, root: Path, phase: str) -> None:
+    if phase not in cfg["phases"]:
+        raise UserError(f"unknown phase {phase!r}; phases in params.yaml: {sorted(cfg['phases'])}")
+    phase_cfg, ft = cfg["phases"][phase], cfg["finetune"]
+    if not phase_cfg["trains"]:
+        raise UserError(
+            f"{phase} never trains (phases.{phase}.trains=false): the hackathon rule judges the "
+            f"{phase_cfg.get('judged_model')} model unchanged; evaluate it instead"
+        )
+    taxonomy = Taxonomy.from_config(cfg["taxonomy"])
+    tax_phase = phase_cfg["taxonomy"]
+    classes = list(taxonomy.phase(tax_phase).classes)
+    splits = load_splits(root)
+    target = root / out_dir(phase)
+
+    with StageRun(root, cfg, "finetune_real", phase=phase) as tracker:
+        tracker.log_params({"finetune": ft, "phase": phase_cfg, "real": cfg["data"]["real"][phase]})
+        seed_everything(ft["seed"])
+        train, val, data_report = _real_train_val(cfg, root, phase, taxonomy, classes, splits)
+        tracker.set_tags({"data_source": data_report["source"]})
+        model, transfer = _initial_model(cfg, root, classes, taxonomy, tax_phase,
+                                         [y for _, y in train])
+        synthetic_train = phase_items(splits["train"], root, taxonomy, tax_phase)
+        replay = _hardest(model, synthetic_train, ft["replay"]["size"]) \
+            if ft["init"] == "student" else []
+        data_report.update(transfer=transfer, replay_size=len(replay))
+
+        result = _fit(cfg, model, train, val, replay, target,
+                      synthetic_val=phase_items(splits["val"], root, taxonomy, tax_phase),
+                      logger=tracker.lightning_logger())
+        unlabeled = cfg["data"]["real"][phase]["unlabeled"]
+        if ft["self_training"]["enabled"] and unlabeled:
+            pseudo = _pseudo_labels(result.model, unlabeled, ft["self_training"]["threshold"])
+            data_report["pseudo_labels"] = len(pseudo)
+            model, _ = _initial_model(cfg, root, classes, taxonomy, tax_phase,
+                                      [y for _, y in train])
+            result = _fit(cfg, model, train + pseudo, val, replay, target,
+                          synthetic_val=phase_items(splits["val"], root, taxonomy, tax_phase),
+                          logger=tracker.lightning_logger())
+
+        sets = {"val": val, "synthetic_test": phase_items(splits["test"], root, taxonomy, tax_phase)}
+        if data_report["source"] == STANDIN:
+            sets["standin_test"] = standin_items(splits["heldout"], "test", root, taxonomy, tax_phase)
+        evaluations = evaluate_sets(result.model, sets,
+                                    clean_classes=[c for c in classes if "clean" in c.lower()])
+        facts = {**model_facts(result.model, result.checkpoint),
+                 "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+                 "real_train_images": len(train), "real_val_images": len(val),
+                 "data_is_real": int(data_report["source"] == "real")}
+        flat = report_model(tracker, target, evaluations, classes, facts)
+        write_json(target / "real_data.json", data_report)
+        tracker.log_artifact(target / "real_data.json", "reports")
+        if unlabeled:
+            path = _predict_unlabeled(result.model, unlabeled, target)
+            tracker.log_artifact(path, "predictions")
+        write_json(root / metrics_file(phase),
+                   {**flat, **{k: v for k, v in facts.items() if k != "checkpoint_sha256"}})
+        log.info("finetune_real@%s (%s): %s", phase, data_report["source"],
+                 {k: round(v, 4) for k, v in flat.items() if k.endswith(("accuracy", "macro_f1"))})
+
+
+def _real_train_val(cfg, root, phase, taxonomy, classes, splits) -> tuple[Items, Items, dict]:
+    ft, real = cfg["finetune"], cfg["data"]["real"][phase]
+    if not real["train"]:
+        tax_phase = cfg["phases"][phase]["taxonomy"]
+        train = standin_items(splits["heldout"], "train", root, taxonomy, tax_phase)
+        val = standin_items(splits["heldout"], "val", root, taxonomy, tax_phase)
+        return train, val, {"source": STANDIN, "train": len(train), "val": len(val)}
+    folder = str(Path(real["train"]).expanduser())
+    items, import_report = load_real_folder(folder, classes, taxonomy,
+                                            cfg["data"]["real"]["min_size"])
+    index = {c: i for i, c in enumerate(classes)}
+    require_trainable([(p, index[c]) for p, c in items], classes, folder)
+    log.info("real training folder %s: %d images, skipped %d", folder, len(items),
+             len(import_report["skipped"]))
+    train, val, split_report = split_real(items, classes, val_fraction=ft["val_fraction"],
+                                          seed=ft["seed"], max_distance=ft["near_dup_max_distance"])
+    if not val:
+        raise UserError(f"{folder}: too few images for a validation split; add images or "
+                        "raise finetune.val_fraction")
+    report = {"source": "real", "folder": folder, "import": import_report, "split": split_report,
+              "train_files": [[p, classes[y], sha256_file(p)] for p, y in train],
+              "val_files": [[p, classes[y], sha256_file(p)] for p, y in val]}
+    return train, val, report
+
+
+def _initial_model(cfg, root, classes, taxonomy, tax_phase, labels) -> tuple[SEMClassifier, dict]:
+    ft = cfg["finetune"]
+    if ft["init"] not in ("student", "scratch"):
+        raise UserError(f"finetune.init={ft['init']!r} is unknown; use student or scratch")
+    loss = loss_config({**cfg["train"]["loss"], "class_weights": ft["class_weights"]}, labels,
+                       len(classes))
+    optimizer = {k: ft[k] for k in ("lr", "weight_decay", "warmup_epochs")}
+    if ft["init"] == "scratch":
+        m = cfg["model"]["student"]
+        from pipeline.models.preprocess import Preprocess
+
+        model = SEMClassifier(m["name"], len(classes), classes,
+                              Preprocess(m["image_size"]).to_dict(), drop_rate=m["drop_rate"],
+                              loss=loss, optimizer=optimizer, max_epochs=ft["max_epochs"])
+        return model, {"init": "scratch"}
+    ckpt = root / STUDENT_DIR / "model.ckpt"
+    if not ckpt.is_file():
+        raise UserError(f"{ckpt} is missing; run distill_student first (dvc repro)")
+    student = SEMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    hp = student.hparams
+    model = SEMClassifier(hp.backbone, len(classes), classes, dict(hp.preprocess),
+                          drop_rate=hp.drop_rate, loss=loss, optimizer=optimizer,
+                          max_epochs=ft["max_epochs"])
+    student_phase = cfg["train"]["phase"]
+    transfer = transfer_weights(student.net, model.net,
+                                head_row_sources(taxonomy, student_phase, tax_phase))
+    model.freeze_first_units(ft["freeze_blocks"])
+    return model, {"init": "student", "student_sha256": sha256_file(ckpt), **transfer}
+
+
+@torch.no_grad()
+def _hardest(model: SEMClassifier, items: Items, size: int) -> Items:
+    """The `size` synthetic items with the highest loss under the starting model."""
+    if size <= 0 or not items:
+        return []
+    probs = predict_probs(model, items)
+    labels = torch.tensor([y for _, y in items])
+    losses = F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), labels,
+                        reduction="none").numpy()
+    keep = np.argsort(-losses, kind="stable")[:size]
+    return [items[i] for i in sorted(keep.tolist())]
+
+
+def _fit(cfg, model, train, val, replay, target, *, synthetic_val, logger):
+    ft = cfg["finetune"]
+    datamodule = SEMDataModule(
+        train, {"val": val, "synthetic_val": synthetic_val}, model.pp.image_size,
+        augment=cfg["train"]["augment"], batch_size=ft["batch_size"],
+        num_workers=cfg["train"]["num_workers"], seed=ft["seed"], sampler="shuffle",
+        replay=replay, replay_fraction=ft["replay"]["fraction"],
+    )
+    return fit(model, datamodule, trainer_cfg=cfg["trainer"], max_epochs=ft["max_epochs"],
+               patience=ft["early_stopping_patience"], out_file=target / "model.ckpt",
+               logger=logger)
+
+
+def _pseudo_labels(model: SEMClassifier, folder: str, threshold: float) -> Items:
+    paths, _ = load_unlabelled(Path(folder))
+    probs = predict_probs(model, [(p, 0) for p in paths])
+    keep = probs.max(1) >= threshold
+    return [(p, int(y)) for p, y, k in zip(paths, probs.argmax(1), keep, strict=True) if k]
+
+
+def _predict_unlabeled(model: SEMClassifier, folder: str, target: Path) -> Path:
+    """The organisers' submission format: image_name,predicted_class."""
+    paths, skipped = load_unlabelled(Path(folder))
+    for path, reason in skipped:
+        log.warning("unlabelled image skipped: %s (%s)", path, reason)
+    probs = predict_probs(model, [(p, 0) for p in paths])
+    names = list(model.hparams.class_names)
+    rows = [{"image_name": Path(p).name, "predicted_class": names[int(i)]}
+            for p, i in zip(paths, probs.argmax(1), strict=True)]
+    out = target / "predictions_unlabeled.csv"
+    write_csv(out, rows, ["image_name", "predicted_class"])
+    return out

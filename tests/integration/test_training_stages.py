@@ -1,0 +1,83 @@
+"""train_teacher and distill_student on `experiment=smoke`: outputs, tracking, determinism, DDP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.models.classifier import SEMClassifier
+from tests.integration.conftest import BIN, make_project, run
+
+pytestmark = pytest.mark.integration
+
+
+def _runs(project, stage):
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sem-defect-pipeline")
+    return client, client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'")
+
+
+def test_models_are_written_and_load_safely(smoke_project):
+    for name in ("teacher", "student"):
+        ckpt = smoke_project / f"models/{name}/model.ckpt"
+        raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+        assert "optimizer_states" not in raw
+        model = SEMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+        assert list(model.hparams.class_names)[0] == "clean"
+        metrics = json.loads((smoke_project / f"models/{name}/metrics.json").read_text())
+        assert {"val", "test", "heldout"} <= set(metrics)
+        assert not list((smoke_project / f"models/{name}").glob(".*work"))
+    student = torch.load(smoke_project / "models/student/model.ckpt", weights_only=True)
+    assert not any(k.startswith("teacher") for k in student["state_dict"])
+    assert student["hyper_parameters"]["teacher_ckpt"].endswith("models/teacher/model.ckpt")
+
+
+def test_training_runs_are_tracked_with_same_metric_names(smoke_project):
+    client, teacher_runs = _runs(smoke_project, "train_teacher")
+    _, student_runs = _runs(smoke_project, "distill_student")
+    assert len(teacher_runs) == 1 and len(student_runs) == 1
+    teacher, student = teacher_runs[0], student_runs[0]
+    for key in ("final/test/accuracy", "final/heldout/macro_f1", "val/macro_f1", "params", "macs"):
+        assert key in teacher.data.metrics and key in student.data.metrics, key
+    assert teacher.data.tags["phase"] == "phase1"
+    assert len(student.data.tags["checkpoint_sha256"]) == 64
+    figures = [a.path for a in client.list_artifacts(student.info.run_id, "figures")]
+    assert any("confusion_heldout" in p for p in figures)
+
+
+def test_smoke_training_is_deterministic(smoke_project):
+    """Rerunning the stages with the same params gives the same metrics."""
+    first = json.loads((smoke_project / "reports/models/student.json").read_text())
+    env = {"MLFLOW_TRACKING_URI": ""}
+    for stage in ("train_teacher", "distill_student"):
+        run([str(BIN / "python"), "-m", "pipeline", stage, "tracking.enabled=false"],
+            smoke_project, env=env)
+    second = json.loads((smoke_project / "reports/models/student.json").read_text())
+    varying = {"train_seconds", "checkpoint_sha256"}
+    assert {k: v for k, v in first.items() if k not in varying} == \
+        {k: v for k, v in second.items() if k not in varying}
+    status = run(["dvc", "status"], smoke_project).stdout
+    assert "models/student" not in status, "same params must give the same bytes"
+
+
+def test_ddp_two_cpu_processes_only_rank0_logs_and_writes(tmp_path):
+    project = make_project(tmp_path / "ddp", ["experiment=smoke", "trainer=ddp"])
+    for stage in ("synthesize", "split"):
+        run([str(BIN / "python"), "-m", "pipeline", stage, "tracking.enabled=false"], project,
+            env={"MLFLOW_TRACKING_URI": ""})
+    # A checkpoint left by a killed run must not be trusted.
+    scratch = project / "models/teacher/.model.work"
+    scratch.mkdir(parents=True)
+    (scratch / "best.ckpt").write_bytes(b"half-written")
+    run([str(BIN / "python"), "-m", "pipeline", "train_teacher"], project,
+        env={"MLFLOW_TRACKING_URI": ""})
+    _, runs = _runs(project, "train_teacher")
+    assert len(runs) == 1, "only rank 0 opens a run"
+    assert runs[0].data.metrics["final/val/accuracy"] >= 0
+    assert runs[0].data.params["trainer.strategy"] == "ddp"
+    files = sorted(p.name for p in (project / "models/teacher").iterdir())
+    assert "model.ckpt" in files and not scratch.exists()
+    SEMClassifier.load_from_checkpoint(project / "models/teacher/model.ckpt", weights_only=True)
