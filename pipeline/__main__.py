@@ -2,7 +2,7 @@
 
 Stages (run by DVC; `key=value` overrides apply on top of params.yaml for debugging):
   synthesize, split, train_teacher, distill_student
-  finetune_real PHASE
+  finetune_real PHASE, quantize PHASE, evaluate PHASE
 Tools:
   compose [hydra overrides]   write params.yaml from conf/ (what `dvc exp run -S` does)
   check-params                exit 1 when params.yaml differs from what conf/ composes to
@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 STAGES = ("synthesize", "split", "train_teacher", "distill_student")
-PHASE_STAGES = ("finetune_real",)
+PHASE_STAGES = ("finetune_real", "quantize", "evaluate")
 
 
 def _compose(args: list[str]) -> int:

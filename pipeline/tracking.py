@@ -189,6 +189,22 @@ class StageRun:
         for key, value in tags.items():
             self._client.set_tag(self.run_id, key, str(value))
 
+    def register_model(self, name: str, artifact_path: str) -> str | None:
+        """Register a logged artifact (e.g. the ONNX file) as a new version of model `name`."""
+        if self.run_id is None:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.get_registered_model(name)
+        except MlflowException:
+            self._client.create_registered_model(name)
+        source = f"{self._client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        version = self._client.create_model_version(
+            name, source, run_id=self.run_id, tags={"phase": self.phase or ""}
+        )
+        return version.version
+
     def lightning_logger(self):
         """A Lightning MLFlowLogger that writes into this stage's run (None when disabled)."""
         if self.run_id is None:

@@ -175,7 +175,8 @@ def _contract(path: Path) -> tuple[list[str], Preprocess]:
         try:
             sources.append((manifest, json.loads(manifest.read_text(encoding="utf-8"))))
         except json.JSONDecodeError as exc:
-            raise UserError(f"{manifest} is not valid JSON ({exc}); rebuild it (dvc repro)") from exc
+            raise UserError(f"{manifest} is not valid JSON ({exc}); rebuild it (dvc repro)"
+                            ) from exc
     sibling = path.parent / SIBLING_ONNX
     if sibling.is_file() and sibling.resolve() != path.resolve():
         sources.append((sibling, read_metadata(sibling)))

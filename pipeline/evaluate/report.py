@@ -78,13 +78,14 @@ _SUMMARY_COLS = [("accuracy", "Accuracy", "pct"), ("macro_f1", "Macro F1", "pct"
                  ("clean_false_alarm", "Clean false alarm", "pct"), ("ece", "ECE", "f3"),
                  ("latency_ms", "Host latency", "ms")]
 _EDGE_FIELDS = [("flash_bytes", "Flash (model)", "kib"), ("arena_bytes", "Tensor arena", "kib"),
+                ("ram_total_bytes", "RAM, model in flash", "kib"),
                 ("ram_total_model_in_sram_bytes", "RAM, model in SRAM", "kib"),
                 ("sram_budget_bytes", "SRAM budget", "kib"), ("macs", "MACs / image", "mega"),
                 ("m7_latency_ms_estimate", "Cortex-M7 estimate", "ms"),
                 ("m7_latency_ms_best_case", "Cortex-M7 best case", "ms"),
                 ("host_latency_ms", "Host latency (int8)", "ms"), ("host", "Host", "text"),
-                ("fits_sram_model_in_flash", "Fits: model in flash", "flag"),
-                ("fits_sram_model_in_sram", "Fits: model in SRAM", "flag"),
+                ("fits_sram_model_in_flash", "Fits SRAM (model in flash)", "flag"),
+                ("fits_sram_model_in_sram", "Fits SRAM (model in SRAM)", "flag"),
                 ("m7_assumption", "M7 assumption", "text"), ("flash_note", "Flash note", "text")]
 
 _CSS = """
@@ -113,9 +114,11 @@ th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:right;whit
 th{background:#f0f3f7;color:var(--muted);font-weight:600}
 th:first-child,td:first-child,td.l,th.l{text-align:left}
 tr.group td{background:#fafbfc;font-weight:600;color:#16324f;text-align:left}
-td.bar{position:relative;min-width:120px}
-td.bar span{position:absolute;left:10px;top:8px;bottom:8px;background:#cfe0f3;border-radius:2px}
-td.bar em{position:relative;font-style:normal}
+td.bar{width:190px}
+td.bar em{display:inline-block;width:52px;font-style:normal}
+td.bar i{display:inline-block;width:110px;height:8px;background:#edf1f5;border-radius:4px;
+ vertical-align:middle;overflow:hidden}
+td.bar i b{display:block;height:100%;background:#3b7dc4}
 .muted{color:var(--muted)}
 .na{color:var(--muted);font-style:italic}
 .ok{color:#17803d;font-weight:600}.bad{color:#b42318;font-weight:600}
@@ -169,7 +172,8 @@ def write_report(path: str | Path, ctx: ReportContext | Mapping) -> None:
 def _banner(ctx: Mapping) -> str:
     note = f" {_e(ctx['data_note'])}" if ctx.get("data_note") else ""
     if ctx["data_kind"] == "real":
-        return f'<div class="banner real"><b>REAL DATA.</b> Test sets include real SEM images.{note}</div>'
+        return ('<div class="banner real"><b>REAL DATA.</b> Test sets include real SEM images.'
+                f"{note}</div>")
     if ctx["data_kind"] != "stand-in":
         raise ValueError(f"data_kind must be 'real' or 'stand-in', got {ctx['data_kind']!r}")
     return ('<div class="banner standin"><b>STAND-IN DATA.</b> No real images were configured: '
@@ -216,8 +220,8 @@ def _per_class(per_class: Mapping[str, Mapping] | None) -> str:
             width = 0 if _missing(f1) else round(100 * f1)
             out.append(f"<tr><td>{_e(name)}</td><td>{_fmt(m.get('precision'), 'pct')}</td>"
                        f"<td>{_fmt(m.get('recall'), 'pct')}</td>"
-                       f"<td class='bar l'><span style='width:{width}px'></span>"
-                       f"<em>{_fmt(f1, 'pct')}</em></td>"
+                       f"<td class='bar l'><em>{_fmt(f1, 'pct')}</em>"
+                       f"<i><b style='width:{width}%'></b></i></td>"
                        f"<td>{_fmt(m.get('support'), 'int')}</td></tr>")
         out.append("</table>")
     return "".join(out)

@@ -47,8 +47,8 @@ def run(cfg: dict, root: Path, phase: str) -> None:
     phase_cfg, ft = cfg["phases"][phase], cfg["finetune"]
     if not phase_cfg["trains"]:
         raise UserError(
-            f"{phase} never trains (phases.{phase}.trains=false): the hackathon rule judges the "
-            f"{phase_cfg.get('judged_model')} model unchanged; evaluate it instead"
+            f"{phase} never trains (phases.{phase}.trains=false): the hackathon rule judges "
+            f"the {cfg['evaluate']['phases'].get(phase)} model unchanged; evaluate it instead"
         )
     taxonomy = Taxonomy.from_config(cfg["taxonomy"])
     tax_phase = phase_cfg["taxonomy"]
