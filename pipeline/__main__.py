@@ -9,6 +9,10 @@ Tools:
   import-folder DIR [--phase P] [--json OUT]
                               report how a labelled folder of images would be imported
                               (classes through the alias table, skipped files and why)
+  predict MODEL IMAGES [--out CSV] [--format default|submission] [--threshold T]
+                              classify a folder (or one image) with a .ckpt/.onnx/.tflite model
+  evaluate-folder MODEL LABELLED_DIR [--taxonomy PHASE] [--out DIR] [--map CLS=TARGET ...]
+                              metrics, predictions and confusion matrix on a labelled folder
 """
 
 from __future__ import annotations
@@ -67,6 +71,58 @@ def _import_folder(args: list[str]) -> int:
     return 0
 
 
+def _predict(args: list[str]) -> int:
+    import argparse
+
+    from pipeline.evaluate.folder import predict_folder
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline predict")
+    parser.add_argument("model", help=".ckpt, .onnx or .tflite")
+    parser.add_argument("images", help="a folder of images (searched recursively) or one image")
+    parser.add_argument("--out", help="CSV to write (default: print to stdout)")
+    parser.add_argument("--format", choices=("default", "submission"), default="default",
+                        help="submission: the organisers' image_name,predicted_class")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="flag images below this confidence (default: the threshold "
+                             "calibrated on validation data, from manifest.json)")
+    opts = parser.parse_args(args)
+    result = predict_folder(opts.model, opts.images, out_csv=Path(opts.out) if opts.out else None,
+                            fmt=opts.format, threshold=opts.threshold)
+    if not opts.out:
+        for row in result.rows:
+            print(",".join(str(v) for v in row.values()))
+    else:
+        print(f"wrote {len(result.rows)} predictions to {opts.out}"
+              + (f" ({len(result.skipped)} files skipped)" if result.skipped else ""))
+    return 0
+
+
+def _evaluate_folder(args: list[str]) -> int:
+    import argparse
+
+    from pipeline.config import find_root, load_params
+    from pipeline.evaluate.folder import evaluate_folder
+    from pipeline.taxonomy import Taxonomy
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline evaluate-folder")
+    parser.add_argument("model", help=".ckpt, .onnx or .tflite")
+    parser.add_argument("labelled_dir", help="<dir>/<class folder>/<images>")
+    parser.add_argument("--taxonomy", default="phase1", help="phase whose classes label the folder")
+    parser.add_argument("--out", default="reports/evaluate-folder")
+    parser.add_argument("--map", nargs="*", default=[], metavar="MODEL_CLASS=TARGET_CLASS",
+                        help="override how a model class is scored (e.g. clean=CLEAN_LAYER)")
+    opts = parser.parse_args(args)
+    overrides = dict(item.split("=", 1) for item in opts.map)
+    taxonomy = Taxonomy.from_config(load_params(find_root())["taxonomy"])
+    classes = taxonomy.phase(opts.taxonomy).classes
+    metrics = evaluate_folder(opts.model, opts.labelled_dir, taxonomy=taxonomy, classes=classes,
+                              out_dir=Path(opts.out), mapping_overrides=overrides or None,
+                              clean_classes=[c for c in classes if "clean" in c.lower()])
+    print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+          f"n={metrics['n']}  -> {opts.out}/metrics.json")
+    return 0
+
+
 def _stage(name: str, args: list[str]) -> int:
     from pipeline.config import find_root, load_params
 
@@ -98,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             return _compose(args)
         if command == "check_params":
             return _check_params(args)
+        if command == "predict":
+            return _predict(args)
+        if command == "evaluate_folder":
+            return _evaluate_folder(args)
         if command == "import_folder":
             return _import_folder(args)
         if command in STAGES or command in PHASE_STAGES:

@@ -6,6 +6,7 @@ import csv
 import json
 import time
 
+import cv2
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -60,19 +61,25 @@ def test_synthesis_is_byte_identical_across_runs(smoke_project, tmp_path):
     assert first == second
 
 
-def test_dvc_exp_run_with_hydra_override(smoke_project):
-    """DVC composes conf/ with -S overrides (Hydra) and runs only what they invalidate."""
-    proc = run(["dvc", "exp", "run", "-S", "experiment=smoke", "-S", "synth.image_size=48"],
-               smoke_project)
+def test_dvc_exp_run_with_hydra_override(tmp_path):
+    """DVC composes conf/ with -S overrides (Hydra) and runs what they invalidate.
+
+    Its own project: `dvc exp run` leaves the experiment's results in the workspace."""
+    project = make_project(tmp_path / "exp", ["experiment=smoke"])
+    proc = run(["dvc", "exp", "run", "-S", "experiment=smoke", "-S", "synth.image_size=48",
+                "split"], project)
     assert "Running stage 'synthesize'" in proc.stdout
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], smoke_project).stdout)
+    assert "image_size: 48" in (project / "params.yaml").read_text()
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     sizes = {
         exp["data"]["params"]["params.yaml"]["data"]["synth"]["image_size"]
         for rev in shown
         for exp in [rev, *[e for x in (rev.get("experiments") or []) for e in x["revs"]]]
         if exp.get("data")
     }
-    assert {64, 48} <= sizes
+    assert 48 in sizes
+    labels = _rows(project / "data/synthetic/labels.csv")
+    assert cv2.imread(str(project / "data/synthetic" / labels[0]["path"])).shape[:2] == (48, 48)
 
 
 def test_stage_logs_to_mlflow_server(tmp_path, mlflow_server):

@@ -1,0 +1,110 @@
+"""Edge Pareto table for every shipped student: int8 TFLite flash, TFLM arena, MACs, host
+latency, and (with --epochs) accuracy after a short training on the default dataset.
+
+Usage (from the repo root, after `dvc repro split`):
+    python bench/bench_students.py                 # sizes, arena, MACs, latency (random weights)
+    python bench/bench_students.py --epochs 3      # plus fp32/int8 accuracy on synthetic test
+Targets from the edge issue: int8 TFLite <= 600 KB flash and <= 300 KB arena for the default
+student, int8 accuracy within 1 point of fp32, top-1 agreement >= 99 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import find_root, load_params  # noqa: E402
+from pipeline.data.datamodule import SEMDataModule  # noqa: E402
+from pipeline.data.images import read_gray8  # noqa: E402
+from pipeline.evaluate.inference import host_latency_ms, load_predictor  # noqa: E402
+from pipeline.export.onnx_export import export_onnx  # noqa: E402
+from pipeline.export.tflite import convert_tflite, tflite_predict  # noqa: E402
+from pipeline.export.tflm import tflm_check  # noqa: E402
+from pipeline.models.backbones import count_macs, count_params  # noqa: E402
+from pipeline.models.classifier import SEMClassifier  # noqa: E402
+from pipeline.stages.common import load_splits  # noqa: E402
+from pipeline.taxonomy import Taxonomy  # noqa: E402
+from pipeline.training import fit, phase_items  # noqa: E402
+
+STUDENTS = ["mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
+            "mobilenetv2_050", "mobilenetv2_075", "plain_cnn"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=0)
+    parser.add_argument("--students", nargs="*", default=STUDENTS)
+    opts = parser.parse_args()
+    root = find_root()
+    cfg = load_params(root)
+    taxonomy = Taxonomy.from_config(cfg["taxonomy"])
+    classes = list(taxonomy.phase("phase1").classes)
+    size = cfg["model"]["student"]["image_size"]
+    splits = {k: phase_items(v, root, taxonomy, "phase1") for k, v in load_splits(root).items()}
+    rng = np.random.default_rng(0)
+    cal_items = [splits["train"][i] for i in rng.choice(len(splits["train"]), 200, replace=False)]
+    test_items = splits["test"]
+    from pipeline.models.preprocess import Preprocess
+
+    pp = Preprocess(size)
+    cal = np.stack([pp(read_gray8(Path(p))) for p, _ in cal_items])
+    test = np.stack([pp(read_gray8(Path(p))) for p, _ in test_items])
+    labels = np.array([y for _, y in test_items])
+    rows = []
+    for name in opts.students:
+        torch.manual_seed(0)
+        model = SEMClassifier(name, len(classes), classes, pp.to_dict(),
+                              loss={"name": "ce", "label_smoothing": 0.1},
+                              optimizer={"lr": 3e-3, "weight_decay": 0.02, "warmup_epochs": 1},
+                              max_epochs=max(1, opts.epochs))
+        with tempfile.TemporaryDirectory() as tmp_str:
+            tmp = Path(tmp_str)
+            if opts.epochs:
+                dm = SEMDataModule(splits["train"], {"val": splits["val"]}, size,
+                                   augment=cfg["train"]["augment"], batch_size=64, num_workers=2,
+                                   seed=0)
+                model = fit(model, dm, trainer_cfg=cfg["trainer"], max_epochs=opts.epochs,
+                            patience=opts.epochs, out_file=tmp / "m.ckpt", progress=False).model
+            model.eval()
+            onnx = export_onnx(model.net, size, tmp / "model.onnx",
+                               metadata={"class_names": str(classes)})
+            tfl = convert_tflite(onnx, tmp, cal)
+            arena = tflm_check(tfl["int8"], cal[:2])["arena_bytes"]
+            with torch.no_grad():
+                fp32 = model.net(torch.from_numpy(test)).argmax(1).numpy()
+            int8 = tflite_predict(tfl["int8"], test).argmax(1)
+            latency = host_latency_ms(load_predictor(tfl["int8"]), size)["median_ms"]
+            rows.append({"student": name, "params": count_params(model.net),
+                         "macs_M": count_macs(model.net, (1, 1, size, size)) / 1e6,
+                         "flash_KB": tfl["int8"].stat().st_size / 1024, "arena_KB": arena / 1024,
+                         "latency_ms": latency,
+                         "acc_fp32": float((fp32 == labels).mean()) if opts.epochs else None,
+                         "acc_int8": float((int8 == labels).mean()) if opts.epochs else None,
+                         "agree": float((fp32 == int8).mean()) if opts.epochs else None})
+        print(_fmt(rows[-1]), flush=True)
+    print(f"\nStudents at {size} px, {len(test_items)} synthetic test images, epochs={opts.epochs}")
+    print("| student | params | MACs (M) | flash (KB) | arena (KB) | host int8 latency (ms) | "
+          "acc fp32 | acc int8 | top-1 agreement |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(_fmt(row))
+
+
+def _fmt(r: dict) -> str:
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.1f} %"
+
+    return (f"| {r['student']} | {r['params']:,} | {r['macs_M']:.1f} | {r['flash_KB']:.0f} | "
+            f"{r['arena_KB']:.0f} | {r['latency_ms']:.2f} | {pct(r['acc_fp32'])} | "
+            f"{pct(r['acc_int8'])} | {pct(r['agree'])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""finetune_real, quantize and evaluate for every phase on `experiment=smoke` (stand-ins)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from pipeline.files import sha256_file
+from tests.integration.conftest import BIN, run
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_delivering_phase_has_a_full_artifact_set(smoke_project):
+    for phase in ("phase1", "phase3"):
+        folder = smoke_project / "artifacts" / phase
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for name, entry in manifest["files"].items():
+            assert sha256_file(folder / name) == entry["sha256"], name
+        assert {"model.onnx", "model_int8.onnx", "model_int8.tflite", "model_int8.cc"} <= \
+            set(manifest["files"])
+        assert manifest["tflm"]["arena_bytes"] > 0 and manifest["tflm"]["outputs_match"]
+        assert manifest["edge"]["flash_bytes"] == (folder / "model_int8.tflite").stat().st_size
+        assert manifest["source_checkpoint_sha256"] == \
+            sha256_file(smoke_project / "models" / phase / "model.ckpt")
+        assert manifest["input_spec"]["input"]["dtype"] == "int8"
+    assert not (smoke_project / "artifacts" / "phase2").exists()
+    assert not (smoke_project / "models" / "phase2").exists()
+
+
+def test_phase3_model_has_the_11_class_taxonomy(smoke_project):
+    manifest = json.loads((smoke_project / "artifacts/phase3/manifest.json").read_text())
+    assert manifest["class_names"][:3] == ["BRIDGE", "CLEAN_CRACK", "CLEAN_LAYER"]
+    assert len(manifest["class_names"]) == 11
+    real = json.loads((smoke_project / "models/phase3/real_data.json").read_text())
+    assert real["source"].startswith("stand-in")
+    assert real["replay_size"] > 0 and real["transfer"]["head_rows_new"] == []
+
+
+def test_phase2_judges_phase1_files_unchanged(smoke_project):
+    metrics = json.loads((smoke_project / "reports/phase2/metrics.json").read_text())
+    judged = metrics["models"]
+    assert judged["tflite_int8"]["path"] == "artifacts/phase1/model_int8.tflite"
+    assert judged["tflite_int8"]["sha256"] == \
+        sha256_file(smoke_project / "artifacts/phase1/model_int8.tflite")
+    assert judged["torch_fp32"]["sha256"] == sha256_file(smoke_project / "models/phase1/model.ckpt")
+    assert metrics["data"]["kind"] == "stand-in"
+    assert metrics["class_mapping"]["mapping"]["cmp"] == "CMP"
+
+
+def test_reports_metrics_and_plots_for_every_phase(smoke_project):
+    shown = run(["dvc", "metrics", "show", "--json"], smoke_project).stdout
+    for phase in ("phase1", "phase2", "phase3"):
+        assert f"reports/{phase}/metrics.json" in shown
+        html = (smoke_project / f"reports/{phase}/report.html").read_text()
+        assert "STAND-IN" in html.upper() and "data:image/png;base64" in html
+        records = json.loads((smoke_project / f"reports/{phase}/confusion.json").read_text())
+        assert records and set(records[0]) == {"actual", "predicted"}
+    plots = run(["dvc", "plots", "show", "--json"], smoke_project).stdout
+    assert "reports/phase1/confusion.json" in plots
+
+
+def test_predict_command_agrees_across_formats(smoke_project, tmp_path):
+    images = smoke_project / "data/synthetic/images/bridge"
+    results = {}
+    for model in ("models/phase1/model.ckpt", "artifacts/phase1/model.onnx",
+                  "artifacts/phase1/model_int8.tflite"):
+        out = tmp_path / (model.replace("/", "_") + ".csv")
+        run([str(BIN / "python"), "-m", "pipeline", "predict", model, str(images), "--out",
+             str(out), "--format", "submission"], smoke_project)
+        with open(out, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert list(rows[0]) == ["image_name", "predicted_class"]
+        results[model] = rows
+    ckpt, onnx = results["models/phase1/model.ckpt"], results["artifacts/phase1/model.onnx"]
+    assert ckpt == onnx
+
+
+def test_evaluate_folder_command(smoke_project, tmp_path):
+    """Folder names through the alias table, a corrupt file reported but not fatal."""
+    import shutil
+
+    folder = tmp_path / "labelled"
+    for src, name in (("bridge", "Bridges"), ("via_defect", "vias"), ("other", "OTHERS")):
+        (folder / name).mkdir(parents=True)
+        for png in sorted((smoke_project / "data/synthetic/images" / src).glob("*.png"))[:3]:
+            shutil.copy(png, folder / name / png.name)
+    (folder / "vias" / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "eval"
+    proc = run([str(BIN / "python"), "-m", "pipeline", "evaluate-folder",
+                "artifacts/phase1/model_int8.tflite", str(folder), "--taxonomy", "phase2",
+                "--out", str(out)], smoke_project)
+    assert "broken.png" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 9 and metrics["skipped"] == 1
+    assert (out / "confusion.png").is_file()
