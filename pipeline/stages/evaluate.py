@@ -93,7 +93,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                         for j, (k, i) in enumerate(zip(kept, probs.argmax(1), strict=True))]
             metrics_out[set_name]["skipped"] = len(skipped)
 
-        primary = "real_test" if "real_test" in test_sets else "standin_test"
+        primary = next(s for s in ("real_test", "real_val", "standin_test") if s in test_sets)
         records = [r for r in predictions if r["set"] == primary]
         write_json(out / "confusion.json", confusion_records(
             [classes.index(r["actual"]) for r in records],
@@ -167,10 +167,20 @@ def _test_sets(cfg, root, phase, taxonomy, tax_phase, classes):
     sets = {"synthetic_test": (mapped(splits["test"]), []),
             "standin_test": (mapped([r for r in splits["heldout"]
                                      if r["standin_split"] == "test"]), [])}
+    # The real validation split the phase's model was early-stopped on (when it had real
+    # training images): optimistic, but real.
+    trained = root / model_dir(cfg["evaluate"]["phases"][phase]) / "real_data.json"
+    real_val = read_json(trained).get("val_files", []) if trained.is_file() else []
+    if real_val and cfg["evaluate"]["phases"][phase] == phase:
+        sets["real_val"] = ([(p, index[c]) for p, c, _ in real_val], [])
     folder = cfg["data"]["real"][phase]["test"]
     if not folder:
-        return sets, "stand-in", f"No real test folder for {phase}: {STANDIN} " \
-            f"({', '.join(cfg['synth']['heldout_profiles'])})."
+        kind = "real" if "real_val" in sets else "stand-in"
+        return sets, kind, f"No real test folder for {phase}: {STANDIN} " \
+            f"({', '.join(cfg['synth']['heldout_profiles'])})" + \
+            (f"; real images only in 'real_val', the validation split of {trained.parent.name}'s"
+             " real training folder (used for early stopping, so optimistic)."
+             if "real_val" in sets else ".")
     report = import_folder(Path(folder), classes, taxonomy, min_size=cfg["data"]["real"]["min_size"])
     sets["real_test"] = ([(p, index[c]) for p, c in report.items], report.skipped)
     return sets, "real", f"Real test folder {folder}: {len(report.items)} images, " \
