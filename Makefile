@@ -13,7 +13,7 @@ setup: $(STAMP)
 
 # The TFLite toolchain: onnx2tf's metadata pins an old TensorFlow, so it and its runtime
 # helpers go in with --no-deps beside tensorflow-cpu (see requirements-export.txt).
-$(STAMP): pyproject.toml requirements-export.txt
+$(STAMP): pyproject.toml requirements-export.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,export,pretrained]'
