@@ -5,6 +5,7 @@ Takes plain arguments and returns values; the stages decide what to log and wher
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.datamodule import ImageDataset, SEMDataModule
 from pipeline.evaluate.metrics import classification_metrics
-from pipeline.files import atomic_path
+from pipeline.files import write_bytes
 from pipeline.models.classifier import SEMClassifier
 from pipeline.models.losses import class_weights_from_counts
 from pipeline.taxonomy import Taxonomy
@@ -109,8 +110,11 @@ def _write_weights_only(best: Path, out_file: Path) -> None:
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     for key in _RESUME_ONLY:
         ckpt.pop(key, None)
-    with atomic_path(out_file) as tmp:
-        torch.save(ckpt, tmp)
+    # Through a buffer: torch.save names the archive's records after the file it writes, and
+    # the atomic temporary name is random, so same weights would give different bytes.
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    write_bytes(out_file, buffer.getvalue())
 
 
 @torch.no_grad()
