@@ -58,8 +58,12 @@ def report_model(
     evaluations: Mapping[str, dict],
     class_names: list[str],
     facts: Mapping[str, float | int | str],
+    timing: Mapping[str, float],
 ) -> dict:
-    """Write metrics.json and confusion figures beside the model and log them to the run."""
+    """Write metrics.json and confusion figures beside the model and log them to the run.
+
+    `timing` goes to MLflow only, not into the output folder: the folder must be the same
+    bytes for the same params, or DVC would see a changed model on every rerun."""
     summary: dict = {"facts": dict(facts)}
     flat: dict[str, float] = {}
     for name, metrics in evaluations.items():
@@ -72,7 +76,7 @@ def report_model(
             path = save_figure(fig, out_dir / f"confusion_{name}_{kind}.png")
             tracker.log_artifact(path, "figures")
     write_json(out_dir / "metrics.json", summary)
-    numeric = {k: float(v) for k, v in facts.items() if isinstance(v, int | float)}
+    numeric = {k: float(v) for k, v in {**facts, **timing}.items() if isinstance(v, int | float)}
     tracker.log_metrics({**flat, **numeric})
     tracker.set_tags({"checkpoint_sha256": facts["checkpoint_sha256"]})
     tracker.log_artifact(out_dir / "metrics.json", "reports")
@@ -117,10 +121,11 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
             return  # DDP: only rank 0 evaluates, writes and logs
         evaluations = evaluate_sets(result.model, {k: splits[k] for k in ("val", "test", "heldout")},
                                     clean_classes=[c for c in classes if "clean" in c.lower()])
-        facts = {**model_facts(result.model, result.checkpoint),
-                 "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+        facts = {**model_facts(result.model, result.checkpoint), "epochs": result.epochs,
                  "backbone": model_cfg["name"]}
-        flat = report_model(tracker, out_dir, evaluations, classes, facts)
-        write_json(metrics_file, {**flat, **{k: v for k, v in facts.items() if k != "backbone"}})
+        timing = {"train_seconds": round(result.seconds, 1)}
+        flat = report_model(tracker, out_dir, evaluations, classes, facts, timing)
+        write_json(metrics_file, {**flat, **timing,
+                                  **{k: v for k, v in facts.items() if k != "backbone"}})
         log.info("%s: %s", stage, {k: round(v, 4) for k, v in flat.items() if "accuracy" in k
                                    or "macro_f1" in k})

@@ -86,18 +86,18 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             sets["standin_test"] = standin_items(splits["heldout"], "test", root, taxonomy, tax_phase)
         evaluations = evaluate_sets(result.model, sets,
                                     clean_classes=[c for c in classes if "clean" in c.lower()])
-        facts = {**model_facts(result.model, result.checkpoint),
-                 "train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+        facts = {**model_facts(result.model, result.checkpoint), "epochs": result.epochs,
                  "real_train_images": len(train), "real_val_images": len(val),
                  "data_is_real": int(data_report["source"] == "real")}
-        flat = report_model(tracker, target, evaluations, classes, facts)
+        timing = {"train_seconds": round(result.seconds, 1)}
+        flat = report_model(tracker, target, evaluations, classes, facts, timing)
         write_json(target / "real_data.json", data_report)
         tracker.log_artifact(target / "real_data.json", "reports")
         if unlabeled:
             path = _predict_unlabeled(result.model, unlabeled, target)
             tracker.log_artifact(path, "predictions")
-        write_json(root / metrics_file(phase),
-                   {**flat, **{k: v for k, v in facts.items() if k != "checkpoint_sha256"}})
+        write_json(root / metrics_file(phase), {
+            **flat, **timing, **{k: v for k, v in facts.items() if k != "checkpoint_sha256"}})
         log.info("finetune_real@%s (%s): %s", phase, data_report["source"],
                  {k: round(v, 4) for k, v in flat.items() if k.endswith(("accuracy", "macro_f1"))})
 

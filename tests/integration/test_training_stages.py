@@ -59,8 +59,11 @@ def test_smoke_training_is_deterministic(smoke_project):
     varying = {"train_seconds", "checkpoint_sha256"}
     assert {k: v for k, v in first.items() if k not in varying} == \
         {k: v for k, v in second.items() if k not in varying}
+    # Same params -> same bytes: DVC sees no change in the models (timings in the metrics
+    # files do change, and are not compared).
     status = run(["dvc", "status"], smoke_project).stdout
-    assert "models/student" not in status, "same params must give the same bytes"
+    changed = [line.split()[-1] for line in status.splitlines() if "modified:" in line]
+    assert "models/student" not in changed and "models/teacher" not in changed, status
 
 
 def test_ddp_two_cpu_processes_only_rank0_logs_and_writes(tmp_path):
