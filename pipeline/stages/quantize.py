@@ -32,6 +32,7 @@ from pipeline.stages.common import load_splits
 from pipeline.stages.finetune_real import out_dir as model_dir
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun, git_commit
+from pipeline.training import phase_items, predict_probs
 
 log = logging.getLogger(__name__)
 CONVERTERS = ("torch", "onnx", "onnxruntime", "tensorflow-cpu", "onnx2tf", "tflite-micro")
@@ -179,8 +180,6 @@ def _onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
 
 def _val_probs(model, root, phase, splits, taxonomy, tax_phase) -> np.ndarray:
     """Validation probabilities for the OOD threshold: the phase's real val when it has one."""
-    from pipeline.training import phase_items, predict_probs
-
     report = root / model_dir(phase) / "real_data.json"
     items = []
     if report.is_file():
