@@ -123,10 +123,10 @@ class TFLitePredictor(_Predictor):
     def __init__(self, path: Path) -> None:
         # One interpreter for the predictor's life: `tflite_predict` builds one per call,
         # which would dominate batch-1 latency.
-        from pipeline.export.tflite import _interpreter
+        from pipeline.export.tflite import load_interpreter
 
         super().__init__(path, *_contract(Path(path)))
-        self._it = _interpreter(Path(path))
+        self._it = load_interpreter(Path(path))
         self._in = self._it.get_input_details()[0]
         self._out = self._it.get_output_details()[0]
 

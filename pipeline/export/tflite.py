@@ -94,7 +94,7 @@ def _check_int8_io(path: Path) -> None:
                            f"-128), got scale {inp['scale']} and zero point {inp['zero_point']}")
 
 
-def _interpreter(path: Path, *, reference: bool = False) -> Interpreter:
+def load_interpreter(path: Path, *, reference: bool = False) -> Interpreter:
     # Reference kernels are what TFLM implements; the default ones are faster on a host.
     resolver = OpResolverType.BUILTIN_REF if reference else OpResolverType.BUILTIN
     it = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, num_threads=1)
@@ -111,7 +111,7 @@ def _tensor_info(detail: dict) -> dict:
 
 def tflite_io(path: Path) -> dict:
     """{"input": {...}, "output": {...}}: name, dtype, shape, scale, zero_point of each."""
-    it = _interpreter(Path(path))
+    it = load_interpreter(Path(path))
     return {"input": _tensor_info(it.get_input_details()[0]),
             "output": _tensor_info(it.get_output_details()[0])}
 
@@ -128,7 +128,7 @@ def tflite_predict(tflite_path: Path, images: np.ndarray, *, reference: bool = F
     Int8 inputs are quantized and outputs dequantized with the model's own parameters;
     `reference=True` uses TFLite's reference kernels (the ones TFLM mirrors).
     """
-    it = _interpreter(Path(tflite_path), reference=reference)
+    it = load_interpreter(Path(tflite_path), reference=reference)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     x = np.asarray(images, dtype=np.float32).transpose(0, 2, 3, 1)  # NCHW → NHWC
     if inp["dtype"] == np.int8:
