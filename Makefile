@@ -36,7 +36,7 @@ ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 bench: setup
-	$(BIN)/python bench/bench_synth.py
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf data/synthetic data/splits models artifacts reports mlflow.db mlartifacts

@@ -4,6 +4,7 @@ latency, and (with --epochs) accuracy after a short training on the default data
 Usage (from the repo root, after `dvc repro split`):
     python bench/bench_students.py                 # sizes, arena, MACs, latency (random weights)
     python bench/bench_students.py --epochs 3      # plus fp32/int8 accuracy on synthetic test
+    python bench/bench_students.py --students mobilenetv3_small_050:512   # name:head_features
 Targets from the edge issue: int8 TFLite <= 600 KB flash and <= 300 KB arena for the default
 student, int8 accuracy within 1 point of fp32, top-1 agreement >= 99 %.
 """
@@ -11,6 +12,7 @@ student, int8 accuracy within 1 point of fp32, top-1 agreement >= 99 %.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -29,12 +31,17 @@ from pipeline.export.tflite import convert_tflite, tflite_predict  # noqa: E402
 from pipeline.export.tflm import tflm_check  # noqa: E402
 from pipeline.models.backbones import count_macs, count_params  # noqa: E402
 from pipeline.models.classifier import SEMClassifier  # noqa: E402
+from pipeline.models.preprocess import Preprocess  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.taxonomy import Taxonomy  # noqa: E402
 from pipeline.training import fit, phase_items  # noqa: E402
 
-STUDENTS = ["mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100",
-            "mobilenetv2_050", "mobilenetv2_075", "plain_cnn"]
+# Shipped students, plus narrower conv heads (name:head_features) and the ReLU-only, SE-free
+# MobileNetV3 "minimal" variant, which are the candidates for the flash budget.
+STUDENTS = ["mobilenetv3_small_050", "mobilenetv3_small_050:512", "mobilenetv3_small_050:256",
+            "mobilenetv3_small_075", "mobilenetv3_small_100", "mobilenetv2_050",
+            "mobilenetv2_050:512", "mobilenetv2_075", "plain_cnn",
+            "tf_mobilenetv3_small_minimal_100:256"]
 
 
 def main() -> None:
@@ -42,7 +49,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0)
     parser.add_argument("--students", nargs="*", default=STUDENTS)
     opts = parser.parse_args()
-    root = find_root()
+    pareto(find_root(), opts.students, opts.epochs)
+
+
+def pareto(root: Path, students: list[str], epochs: int) -> list[dict]:
+    """Build, optionally train for `epochs`, convert and measure each student; print the
+    table as rows arrive and return the rows."""
     cfg = load_params(root)
     taxonomy = Taxonomy.from_config(cfg["taxonomy"])
     classes = list(taxonomy.phase("phase1").classes)
@@ -51,50 +63,74 @@ def main() -> None:
     rng = np.random.default_rng(0)
     cal_items = [splits["train"][i] for i in rng.choice(len(splits["train"]), 200, replace=False)]
     test_items = splits["test"]
-    from pipeline.models.preprocess import Preprocess
-
     pp = Preprocess(size)
     cal = np.stack([pp(read_gray8(Path(p))) for p, _ in cal_items])
     test = np.stack([pp(read_gray8(Path(p))) for p, _ in test_items])
     labels = np.array([y for _, y in test_items])
+    print(f"Students at {size} px, {len(test_items)} synthetic test images, epochs={epochs}")
+    print("| student | params | MACs (M) | flash (KB) | arena (KB) | host int8 latency (ms) | "
+          "acc fp32 | acc int8 | top-1 agreement |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
-    for name in opts.students:
+    for spec in students:
+        name, _, head = spec.partition(":")
         torch.manual_seed(0)
         model = SEMClassifier(name, len(classes), classes, pp.to_dict(),
+                              head_features=int(head) if head else None,
                               loss={"name": "ce", "label_smoothing": 0.1},
                               optimizer={"lr": 3e-3, "weight_decay": 0.02, "warmup_epochs": 1},
-                              max_epochs=max(1, opts.epochs))
+                              max_epochs=max(1, epochs))
         with tempfile.TemporaryDirectory() as tmp_str:
             tmp = Path(tmp_str)
-            if opts.epochs:
+            if epochs:
                 dm = SEMDataModule(splits["train"], {"val": splits["val"]}, size,
                                    augment=cfg["train"]["augment"], batch_size=64, num_workers=2,
                                    seed=0)
-                model = fit(model, dm, trainer_cfg=cfg["trainer"], max_epochs=opts.epochs,
-                            patience=opts.epochs, out_file=tmp / "m.ckpt", progress=False).model
+                model = fit(model, dm, trainer_cfg=cfg["trainer"], max_epochs=epochs,
+                            patience=epochs, out_file=tmp / "m.ckpt", progress=False).model
             model.eval()
             onnx = export_onnx(model.net, size, tmp / "model.onnx",
-                               metadata={"class_names": str(classes)})
+                               metadata={"class_names": json.dumps(classes),
+                                         "preprocess": json.dumps(pp.to_dict())})
             tfl = convert_tflite(onnx, tmp, cal)
             arena = tflm_check(tfl["int8"], cal[:2])["arena_bytes"]
             with torch.no_grad():
                 fp32 = model.net(torch.from_numpy(test)).argmax(1).numpy()
             int8 = tflite_predict(tfl["int8"], test).argmax(1)
             latency = host_latency_ms(load_predictor(tfl["int8"]), size)["median_ms"]
-            rows.append({"student": name, "params": count_params(model.net),
+            rows.append({"student": spec, "params": count_params(model.net),
                          "macs_M": count_macs(model.net, (1, 1, size, size)) / 1e6,
                          "flash_KB": tfl["int8"].stat().st_size / 1024, "arena_KB": arena / 1024,
                          "latency_ms": latency,
-                         "acc_fp32": float((fp32 == labels).mean()) if opts.epochs else None,
-                         "acc_int8": float((int8 == labels).mean()) if opts.epochs else None,
-                         "agree": float((fp32 == int8).mean()) if opts.epochs else None})
+                         "acc_fp32": float((fp32 == labels).mean()) if epochs else None,
+                         "acc_int8": float((int8 == labels).mean()) if epochs else None,
+                         "agree": float((fp32 == int8).mean()) if epochs else None})
         print(_fmt(rows[-1]), flush=True)
-    print(f"\nStudents at {size} px, {len(test_items)} synthetic test images, epochs={opts.epochs}")
-    print("| student | params | MACs (M) | flash (KB) | arena (KB) | host int8 latency (ms) | "
-          "acc fp32 | acc int8 | top-1 agreement |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    student = cfg["model"]["student"]
+    default = student["name"] + (f":{student['head_features']}" if student["head_features"] else "")
     for row in rows:
-        print(_fmt(row))
+        if row["student"] == default:
+            print(f"\nTargets for the default student ({default}):")
+            for line in target_lines(row):
+                print(f"- {line}")
+    return rows
+
+
+def target_lines(row: dict) -> list[str]:
+    """The edge issue's targets, each with the measured value and met / MISSED."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = [f"int8 TFLite flash {row['flash_KB']:.0f} KB <= 600 KB: "
+             f"{verdict(row['flash_KB'] <= 600)}",
+             f"TFLM arena {row['arena_KB']:.0f} KB <= 300 KB: {verdict(row['arena_KB'] <= 300)}"]
+    if row["agree"] is not None:
+        drop = 100 * (row["acc_fp32"] - row["acc_int8"])
+        lines += [f"int8 accuracy within 1 point of fp32 ({drop:+.1f} points drop): "
+                  f"{verdict(drop <= 1.0)}",
+                  f"top-1 agreement {100 * row['agree']:.1f} % >= 99 %: "
+                  f"{verdict(row['agree'] >= 0.99)}"]
+    return lines
 
 
 def _fmt(r: dict) -> str:

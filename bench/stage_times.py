@@ -18,11 +18,13 @@ from pipeline.config import find_root  # noqa: E402
 from pipeline.tracking import resolve_uri  # noqa: E402
 
 
-def main() -> None:
-    client = MlflowClient(tracking_uri=resolve_uri(find_root()))
+def stage_times(root: Path) -> list[tuple[str, float, str]]:
+    """(stage run name, seconds, finished ISO time) of the latest finished run of each stage,
+    in start order; empty when nothing has run yet."""
+    client = MlflowClient(tracking_uri=resolve_uri(root))
     exp = client.get_experiment_by_name("sem-defect-pipeline")
     if exp is None:
-        sys.exit("no MLflow experiment yet: run `dvc repro` first")
+        return []
     runs = client.search_runs([exp.experiment_id], "tags.stage != ''", max_results=500,
                               order_by=["attributes.start_time DESC"])
     latest: dict[str, object] = {}
@@ -30,15 +32,20 @@ def main() -> None:
         name = run.info.run_name
         if name not in latest and run.info.status == "FINISHED":
             latest[name] = run
-    total = 0.0
+    return [(run.info.run_name, (run.info.end_time - run.info.start_time) / 1000,
+             datetime.fromtimestamp(run.info.end_time / 1000).isoformat(timespec="seconds"))
+            for run in sorted(latest.values(), key=lambda r: r.info.start_time)]
+
+
+def main() -> None:
+    rows = stage_times(find_root())
+    if not rows:
+        sys.exit("no MLflow stage runs yet: run `dvc repro` first")
     print("| stage | wall time (s) | finished |")
     print("|---|---|---|")
-    for run in sorted(latest.values(), key=lambda r: r.info.start_time):
-        seconds = (run.info.end_time - run.info.start_time) / 1000
-        total += seconds
-        end = datetime.fromtimestamp(run.info.end_time / 1000).isoformat(timespec="seconds")
-        print(f"| {run.info.run_name} | {seconds:.0f} | {end} |")
-    print(f"| total | {total:.0f} | |")
+    for name, seconds, end in rows:
+        print(f"| {name} | {seconds:.0f} | {end} |")
+    print(f"| total | {sum(r[1] for r in rows):.0f} | |")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ _MISSING_RE = re.compile(r"Didn't find op for builtin opcode '(\w+)'|"
                          r"Failed to get registration from op code (\w+)|"
                          r"Couldn't find custom op '?([\w.]+)'?")
 _LIBC = ctypes.CDLL(None)
+# Arena handed to TFLM on the host. Generous on purpose: the package's default (10x the model
+# size) is too small for small models with large activations, and the figure we report is
+# what TFLM actually allocates, not this capacity.
+_HOST_ARENA_BYTES = 64 << 20
 
 
 @contextlib.contextmanager
@@ -85,7 +89,8 @@ def tflm_check(tflite_path: Path, sample: np.ndarray) -> dict:
     ops = tflite_ops(tflite_path)
     with _capture_c_output() as log:
         try:
-            interp = runtime.Interpreter.from_bytes(tflite_path.read_bytes())
+            interp = runtime.Interpreter.from_bytes(tflite_path.read_bytes(),
+                                                    arena_size=_HOST_ARENA_BYTES)
         except RuntimeError:
             interp = None
     if interp is None:

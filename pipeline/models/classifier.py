@@ -48,6 +48,7 @@ class SEMClassifier(L.LightningModule):
         *,
         pretrained: bool = False,
         drop_rate: float = 0.0,
+        head_features: int | None = None,
         loss: dict,
         optimizer: dict,
         max_epochs: int,
@@ -68,7 +69,8 @@ class SEMClassifier(L.LightningModule):
             OrderedDict(
                 normalize=Normalize(self.pp.mean, self.pp.std),
                 backbone=build_backbone(
-                    backbone, num_classes, pretrained=pretrained, drop_rate=drop_rate
+                    backbone, num_classes, pretrained=pretrained, drop_rate=drop_rate,
+                    head_features=head_features,
                 ),
             )
         )

@@ -100,6 +100,7 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
             model_cfg["name"], len(classes), classes,
             Preprocess(model_cfg["image_size"]).to_dict(),
             pretrained=model_cfg["pretrained"], drop_rate=model_cfg["drop_rate"],
+            head_features=model_cfg["head_features"],
             loss=loss_config(train["loss"], [y for _, y in splits["train"]], len(classes)),
             optimizer={k: opt_cfg[k] for k in ("lr", "weight_decay", "warmup_epochs")},
             max_epochs=opt_cfg["max_epochs"],

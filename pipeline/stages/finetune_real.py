@@ -140,6 +140,7 @@ def _initial_model(cfg, root, classes, taxonomy, tax_phase, labels) -> tuple[SEM
 
         model = SEMClassifier(m["name"], len(classes), classes,
                               Preprocess(m["image_size"]).to_dict(), drop_rate=m["drop_rate"],
+                              head_features=m["head_features"],
                               loss=loss, optimizer=optimizer, max_epochs=ft["max_epochs"])
         return model, {"init": "scratch"}
     ckpt = root / STUDENT_DIR / "model.ckpt"
@@ -148,7 +149,8 @@ def _initial_model(cfg, root, classes, taxonomy, tax_phase, labels) -> tuple[SEM
     student = SEMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     hp = student.hparams
     model = SEMClassifier(hp.backbone, len(classes), classes, dict(hp.preprocess),
-                          drop_rate=hp.drop_rate, loss=loss, optimizer=optimizer,
+                          drop_rate=hp.drop_rate, head_features=hp.get("head_features"),
+                          loss=loss, optimizer=optimizer,
                           max_epochs=ft["max_epochs"])
     student_phase = cfg["train"]["phase"]
     transfer = transfer_weights(student.net, model.net,

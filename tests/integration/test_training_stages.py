@@ -48,6 +48,27 @@ def test_training_runs_are_tracked_with_same_metric_names(smoke_project):
     assert any("confusion_heldout" in p for p in figures)
 
 
+def test_dvc_exp_show_and_mlflow_agree(smoke_project):
+    """The params and metrics a user compares in `dvc exp show` are the ones in MLflow."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], smoke_project).stdout)
+    workspace = next(r for r in shown if r["rev"] == "workspace")["data"]
+    params = workspace["params"]["params.yaml"]["data"]
+    for stage, model_key, opt_key, report in (
+        ("train_teacher", "teacher", "train", "reports/models/teacher.json"),
+        ("distill_student", "student", "distill", "reports/models/student.json"),
+    ):
+        mlflow_run = _runs(smoke_project, stage)[1][0].data
+        for key in ("name", "image_size", "head_features", "pretrained"):
+            assert mlflow_run.params[f"model.{key}"] == str(params["model"][model_key][key]), key
+        for key in ("lr", "max_epochs", "batch_size", "seed"):
+            assert mlflow_run.params[f"optim.{key}"] == str(params[opt_key][key]), key
+        metrics = workspace["metrics"][report]["data"]
+        final = {k: v for k, v in metrics.items() if k.startswith("final/")}
+        assert len(final) >= 30
+        for key, value in final.items():
+            assert mlflow_run.metrics[key] == pytest.approx(value, abs=1e-9), key
+
+
 def test_smoke_training_is_deterministic(smoke_project):
     """Rerunning the stages with the same params gives the same metrics."""
     first = json.loads((smoke_project / "reports/models/student.json").read_text())

@@ -258,3 +258,25 @@ def test_onnx_exports_are_byte_reproducible(model, exported, data, tmp_path):
     int8 = quantize_onnx_int8(fp32, tmp_path / "model_int8.onnx", data["cal"])
     assert sha256_file(fp32) == sha256_file(exported["fp32"])
     assert sha256_file(int8) == sha256_file(exported["int8"])
+
+
+def test_tflm_arena_fits_small_models_with_large_activations(tmp_path):
+    """A model of a few hundred bytes with a 1 MB activation: the arena is measured, not
+    refused (tflite-micro's default arena of 10x the model size would be far too small)."""
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tflite_micro")
+    from pipeline.export.tflm import tflm_check
+
+    kernel = tf.constant(np.random.default_rng(0).normal(size=(3, 3, 1, 16)), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 128, 128, 1], tf.float32)])
+    def conv(x):
+        return tf.reduce_mean(tf.nn.conv2d(x, kernel, 1, "SAME"), axis=[1, 2])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [conv.get_concrete_function()], conv)
+    path = tmp_path / "conv.tflite"
+    path.write_bytes(converter.convert())
+    res = tflm_check(path, np.random.default_rng(1).random((1, 1, 128, 128), np.float32))
+    assert res["arena_bytes"] >= 128 * 128 * 16 * 4  # the float conv output alone
+    assert res["max_abs_diff_vs_tflite"] < 1e-4

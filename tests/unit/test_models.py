@@ -94,3 +94,26 @@ def test_preprocess_roundtrip_and_model_input(tmp_path):
     normed = Normalize(pp.mean, pp.std)(torch.from_numpy(x))
     assert torch.allclose(normed, (torch.from_numpy(x) - 0.4) / 0.2)
     assert pp.fit_tensor(torch.rand(2, 1, 64, 64)).shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("name,width", [("mobilenetv3_small_050", 1024), ("mobilenetv2_050", 1280)])
+def test_head_features_narrows_the_conv_head(name, width):
+    torch.manual_seed(0)
+    full = build_backbone(name, 9)
+    narrow = build_backbone(name, 9, head_features=128).eval()
+    assert full.conv_head.out_channels == width
+    assert narrow.conv_head.out_channels == 128 and narrow.classifier.in_features == 128
+    in_ch = full.conv_head.in_channels
+    # Exactly the head conv (and its norm) and the classifier's input shrink.
+    saved = count_params(full) - count_params(narrow)
+    head_norm = 2 * (width - 128) if name.startswith("mobilenetv2") else 0
+    conv_bias = (width - 128) if full.conv_head.bias is not None else 0
+    assert saved == (width - 128) * in_ch + conv_bias + head_norm + (width - 128) * 9
+    with torch.no_grad():
+        assert narrow(torch.rand(2, 1, 64, 64)).shape == (2, 9)
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "plain_cnn"])
+def test_head_features_refused_without_a_conv_head(name):
+    with pytest.raises(UserError, match="head_features is not supported"):
+        build_backbone(name, 4, head_features=64)
