@@ -36,12 +36,10 @@ from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.taxonomy import Taxonomy  # noqa: E402
 from pipeline.training import fit, phase_items  # noqa: E402
 
-# Shipped students, plus narrower conv heads (name:head_features) and the ReLU-only, SE-free
-# MobileNetV3 "minimal" variant, which are the candidates for the flash budget.
+# Shipped students, plus narrower conv heads (name:head_features) as flash-budget candidates.
 STUDENTS = ["mobilenetv3_small_050", "mobilenetv3_small_050:512", "mobilenetv3_small_050:256",
             "mobilenetv3_small_075", "mobilenetv3_small_100", "mobilenetv2_050",
-            "mobilenetv2_050:512", "mobilenetv2_075", "plain_cnn",
-            "tf_mobilenetv3_small_minimal_100:256"]
+            "mobilenetv2_050:512", "mobilenetv2_075", "plain_cnn"]
 
 
 def main() -> None:

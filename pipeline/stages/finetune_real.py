@@ -1,6 +1,8 @@
 """finetune_real@<phase>: the distilled student fine-tuned on the phase's real images (or the
 held-out-profile stand-in), with head surgery, frozen early blocks, class weights from the real
-counts and a replay buffer of the hardest synthetic images mixed into every batch."""
+counts and a replay buffer of the hardest synthetic images mixed into every batch. With
+finetune.teacher_kd, the teacher is fine-tuned on the same images first and the student learns
+from it by distillation."""
 
 from __future__ import annotations
 
@@ -22,15 +24,18 @@ from pipeline.data.real import (
 )
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, write_csv, write_json
-from pipeline.models.classifier import SEMClassifier
+from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
 from pipeline.models.surgery import head_row_sources, transfer_weights
 from pipeline.stages.common import load_splits, model_facts, report_model, seed_everything
 from pipeline.stages.distill_student import OUT_DIR as STUDENT_DIR
+from pipeline.stages.train_teacher import OUT_DIR as TEACHER_DIR
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun
 from pipeline.training import Items, evaluate_sets, fit, loss_config, phase_items, predict_probs
 
 log = logging.getLogger(__name__)
+# The real-fine-tuned teacher (finetune.teacher_kd), kept beside the student it taught.
+TEACHER_CKPT = "teacher.ckpt"
 
 
 def out_dir(phase: str) -> Path:
@@ -50,6 +55,8 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             f"{phase} never trains (phases.{phase}.trains=false): the hackathon rule judges "
             f"the {cfg['evaluate']['phases'].get(phase)} model unchanged; evaluate it instead"
         )
+    if ft["init"] not in ("student", "scratch"):
+        raise UserError(f"finetune.init={ft['init']!r} is unknown; use student or scratch")
     taxonomy = Taxonomy.from_config(cfg["taxonomy"])
     tax_phase = phase_cfg["taxonomy"]
     classes = list(taxonomy.phase(tax_phase).classes)
@@ -61,32 +68,46 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         seed_everything(ft["seed"])
         train, val, data_report = _real_train_val(cfg, root, phase, taxonomy, classes, splits)
         tracker.set_tags({"data_source": data_report["source"]})
-        model, transfer = _initial_model(cfg, root, classes, taxonomy, tax_phase,
-                                         [y for _, y in train])
+        labels = [y for _, y in train]
         synthetic_train = phase_items(splits["train"], root, taxonomy, tax_phase)
+        synthetic_val = phase_items(splits["val"], root, taxonomy, tax_phase)
+        teacher_ckpt, teacher_facts = None, {}
+        (target / TEACHER_CKPT).unlink(missing_ok=True)  # never a stale teacher from a past run
+        if ft["teacher_kd"]["enabled"]:
+            # The pretrained teacher adapts to the real images first, then teaches the student.
+            teacher, _ = _initial_model(cfg, root, classes, taxonomy, tax_phase, labels,
+                                        start="teacher")
+            teacher_ckpt = target / TEACHER_CKPT
+            taught = _fit(cfg, teacher, train, val,
+                          _hardest(teacher, synthetic_train, ft["replay"]["size"]), teacher_ckpt,
+                          synthetic_val=synthetic_val, logger=None)
+            scores = evaluate_sets(taught.model, {"val": val})["val"]
+            teacher_facts = {"teacher_val_accuracy": scores["accuracy"],
+                             "teacher_val_macro_f1": scores["macro_f1"]}
+        model, transfer = _initial_model(cfg, root, classes, taxonomy, tax_phase, labels,
+                                         start=ft["init"], teacher_ckpt=teacher_ckpt)
         replay = _hardest(model, synthetic_train, ft["replay"]["size"]) \
             if ft["init"] == "student" else []
         data_report.update(transfer=transfer, replay_size=len(replay))
 
-        result = _fit(cfg, model, train, val, replay, target,
-                      synthetic_val=phase_items(splits["val"], root, taxonomy, tax_phase),
-                      logger=tracker.lightning_logger())
+        result = _fit(cfg, model, train, val, replay, target / "model.ckpt",
+                      synthetic_val=synthetic_val, logger=tracker.lightning_logger())
         unlabeled = cfg["data"]["real"][phase]["unlabeled"]
         if ft["self_training"]["enabled"] and unlabeled:
             pseudo = _pseudo_labels(result.model, unlabeled, ft["self_training"]["threshold"])
             data_report["pseudo_labels"] = len(pseudo)
-            model, _ = _initial_model(cfg, root, classes, taxonomy, tax_phase,
-                                      [y for _, y in train])
-            result = _fit(cfg, model, train + pseudo, val, replay, target,
-                          synthetic_val=phase_items(splits["val"], root, taxonomy, tax_phase),
-                          logger=tracker.lightning_logger())
+            model, _ = _initial_model(cfg, root, classes, taxonomy, tax_phase, labels,
+                                      start=ft["init"], teacher_ckpt=teacher_ckpt)
+            result = _fit(cfg, model, train + pseudo, val, replay, target / "model.ckpt",
+                          synthetic_val=synthetic_val, logger=tracker.lightning_logger())
 
         sets = {"val": val, "synthetic_test": phase_items(splits["test"], root, taxonomy, tax_phase)}
         if data_report["source"] == STANDIN:
             sets["standin_test"] = standin_items(splits["heldout"], "test", root, taxonomy, tax_phase)
         evaluations = evaluate_sets(result.model, sets,
                                     clean_classes=[c for c in classes if "clean" in c.lower()])
-        facts = {**model_facts(result.model, result.checkpoint), "epochs": result.epochs,
+        facts = {**model_facts(result.model, result.checkpoint), **teacher_facts,
+                 "epochs": result.epochs,
                  "real_train_images": len(train), "real_val_images": len(val),
                  "data_is_real": int(data_report["source"] == "real")}
         timing = {"train_seconds": round(result.seconds, 1)}
@@ -127,36 +148,39 @@ def _real_train_val(cfg, root, phase, taxonomy, classes, splits) -> tuple[Items,
     return train, val, report
 
 
-def _initial_model(cfg, root, classes, taxonomy, tax_phase, labels) -> tuple[SEMClassifier, dict]:
+def _initial_model(cfg, root, classes, taxonomy, tax_phase, labels, *, start: str,
+                   teacher_ckpt: Path | None = None) -> tuple[SEMClassifier, dict]:
+    """The model to fine-tune: from scratch (start="scratch") or from the synthetic-trained
+    "student" or "teacher" checkpoint with head surgery and frozen first blocks. With
+    `teacher_ckpt`, it is trained by distillation from that (real-fine-tuned) teacher."""
     ft = cfg["finetune"]
-    if ft["init"] not in ("student", "scratch"):
-        raise UserError(f"finetune.init={ft['init']!r} is unknown; use student or scratch")
     loss = loss_config({**cfg["train"]["loss"], "class_weights": ft["class_weights"]}, labels,
                        len(classes))
-    optimizer = {k: ft[k] for k in ("lr", "weight_decay", "warmup_epochs")}
-    if ft["init"] == "scratch":
+    common = {"loss": loss, "optimizer": {k: ft[k] for k in ("lr", "weight_decay", "warmup_epochs")},
+              "max_epochs": ft["max_epochs"]}
+    if teacher_ckpt is not None:
+        kd = ft["teacher_kd"]
+        common.update(teacher_ckpt=str(teacher_ckpt),
+                      kd={"temperature": kd["temperature"], "alpha": kd["alpha"]})
+    if start == "scratch":
         m = cfg["model"]["student"]
         from pipeline.models.preprocess import Preprocess
 
         model = SEMClassifier(m["name"], len(classes), classes,
                               Preprocess(m["image_size"]).to_dict(), drop_rate=m["drop_rate"],
-                              head_features=m["head_features"],
-                              loss=loss, optimizer=optimizer, max_epochs=ft["max_epochs"])
+                              head_features=m["head_features"], **common)
         return model, {"init": "scratch"}
-    ckpt = root / STUDENT_DIR / "model.ckpt"
+    ckpt = root / {"student": STUDENT_DIR, "teacher": TEACHER_DIR}[start] / "model.ckpt"
     if not ckpt.is_file():
-        raise UserError(f"{ckpt} is missing; run distill_student first (dvc repro)")
-    student = SEMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    hp = student.hparams
+        raise UserError(f"{ckpt} is missing; run the {start} stage first (dvc repro)")
+    source = SEMClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    hp = source.hparams
     model = SEMClassifier(hp.backbone, len(classes), classes, dict(hp.preprocess),
-                          drop_rate=hp.drop_rate, head_features=hp.get("head_features"),
-                          loss=loss, optimizer=optimizer,
-                          max_epochs=ft["max_epochs"])
-    student_phase = cfg["train"]["phase"]
-    transfer = transfer_weights(student.net, model.net,
-                                head_row_sources(taxonomy, student_phase, tax_phase))
+                          drop_rate=hp.drop_rate, head_features=hp.get("head_features"), **common)
+    transfer = transfer_weights(source.net, model.net,
+                                head_row_sources(taxonomy, cfg["train"]["phase"], tax_phase))
     model.freeze_first_units(ft["freeze_blocks"])
-    return model, {"init": "student", "student_sha256": sha256_file(ckpt), **transfer}
+    return model, {"init": start, f"{start}_sha256": sha256_file(ckpt), **transfer}
 
 
 @torch.no_grad()
@@ -172,17 +196,19 @@ def _hardest(model: SEMClassifier, items: Items, size: int) -> Items:
     return [items[i] for i in sorted(keep.tolist())]
 
 
-def _fit(cfg, model, train, val, replay, target, *, synthetic_val, logger):
+def _fit(cfg, model, train, val, replay, out_file, *, synthetic_val, logger):
     ft = cfg["finetune"]
+    size = model.pp.image_size
+    if model.hparams.teacher_ckpt:  # one batch feeds both models; each resizes on-tensor
+        size = max(size, checkpoint_preprocess(model.hparams.teacher_ckpt).image_size)
     datamodule = SEMDataModule(
-        train, {"val": val, "synthetic_val": synthetic_val}, model.pp.image_size,
+        train, {"val": val, "synthetic_val": synthetic_val}, size,
         augment=cfg["train"]["augment"], batch_size=ft["batch_size"],
         num_workers=cfg["train"]["num_workers"], seed=ft["seed"], sampler="shuffle",
         replay=replay, replay_fraction=ft["replay"]["fraction"],
     )
     return fit(model, datamodule, trainer_cfg=cfg["trainer"], max_epochs=ft["max_epochs"],
-               patience=ft["early_stopping_patience"], out_file=target / "model.ckpt",
-               logger=logger)
+               patience=ft["early_stopping_patience"], out_file=out_file, logger=logger)
 
 
 def _pseudo_labels(model: SEMClassifier, folder: str, threshold: float) -> Items:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from pipeline.files import sha256_file
+from pipeline.models.classifier import SEMClassifier
 from tests.integration.conftest import BIN, run
 
 pytestmark = pytest.mark.integration
@@ -96,3 +99,26 @@ def test_evaluate_folder_command(smoke_project, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 9 and metrics["skipped"] == 1
     assert (out / "confusion.png").is_file()
+
+
+def test_finetune_with_a_real_fine_tuned_teacher(smoke_project, tmp_path):
+    """finetune.teacher_kd: the teacher is fine-tuned for the phase first, kept beside the
+    student, and the student is distilled from it (its checkpoint names that teacher)."""
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase3",
+         "finetune.teacher_kd.enabled=true", "tracking.enabled=false"], project)
+    folder = project / "models/phase3"
+    teacher = SEMClassifier.load_from_checkpoint(folder / "teacher.ckpt", weights_only=True)
+    student = SEMClassifier.load_from_checkpoint(folder / "model.ckpt", weights_only=True)
+    assert teacher.hparams.backbone == "efficientnet_lite0"
+    assert list(teacher.hparams.class_names) == list(student.hparams.class_names)
+    assert len(student.hparams.class_names) == 11
+    assert Path(student.hparams.teacher_ckpt).resolve() == (folder / "teacher.ckpt").resolve()
+    assert student.hparams.kd == {"temperature": 4.0, "alpha": 0.7}
+    metrics = json.loads((project / "reports/models/phase3.json").read_text())
+    assert 0.0 <= metrics["teacher_val_accuracy"] <= 1.0
+    # Switched off again, the stage leaves no stale teacher behind.
+    run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase3",
+         "tracking.enabled=false"], project)
+    assert not (folder / "teacher.ckpt").exists()
