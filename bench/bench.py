@@ -55,7 +55,7 @@ def main() -> None:
     opts = parser.parse_args()
     root = find_root()
     cfg = load_params(root)
-    phases = [p for p in cfg["finetune"]["phases"]]
+    phases = list(cfg["finetune"]["phases"])
     print(f"Host: {host_name()}; experiment: {cfg['experiment_name']}\n")
 
     print_stage_times(root)
@@ -94,21 +94,26 @@ def print_inference(root: Path, phases: list[str], n: int) -> None:
     images = [read_gray8(p) for p in test]
     print(f"## Inference on this CPU ({len(images)} synthetic test images)\n")
     print("| phase | format | images/s | ms/image | file size (KB) |\n|---|---|---|---|---|")
+    for phase, fmt, path in delivered(root, phases):
+        if not path.is_file():
+            print(f"| {phase} | {fmt} | missing: {path.relative_to(root)} | | |")
+            continue
+        predictor = load_predictor(path)
+        predictor.predict(images[:4])  # warm-up: sessions, allocations
+        start = time.perf_counter()
+        predictor.predict(images)
+        seconds = time.perf_counter() - start
+        print(f"| {phase} | {fmt} | {len(images) / seconds:.0f} | "
+              f"{1e3 * seconds / len(images):.2f} | {path.stat().st_size / 1024:.0f} |",
+              flush=True)
+    print()
+
+
+def delivered(root: Path, phases: list[str]):
+    """(phase, format, path) of every delivered file of `phases`, existing or not."""
     for phase in phases:
         for fmt, pattern in FORMATS.items():
-            path = root / pattern.format(p=phase)
-            if not path.is_file():
-                print(f"| {phase} | {fmt} | missing: {path.relative_to(root)} | | |")
-                continue
-            predictor = load_predictor(path)
-            predictor.predict(images[:4])  # warm-up: sessions, allocations
-            start = time.perf_counter()
-            predictor.predict(images)
-            seconds = time.perf_counter() - start
-            print(f"| {phase} | {fmt} | {len(images) / seconds:.0f} | "
-                  f"{1e3 * seconds / len(images):.2f} | {path.stat().st_size / 1024:.0f} |",
-                  flush=True)
-    print()
+            yield phase, fmt, root / pattern.format(p=phase)
 
 
 def print_real(root: Path, cfg: dict, phases: list[str], folder: Path, taxonomy_name: str
@@ -117,17 +122,15 @@ def print_real(root: Path, cfg: dict, phases: list[str], folder: Path, taxonomy_
     classes = taxonomy.phase(taxonomy_name).classes
     print(f"## Real folder {folder} (labelled with the {taxonomy_name} classes)\n")
     print("| phase model | format | accuracy | macro-F1 | images |\n|---|---|---|---|---|")
-    for phase in phases:
-        for fmt, pattern in FORMATS.items():
-            path = root / pattern.format(p=phase)
-            if not path.is_file():
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                m = evaluate_folder(path, folder, taxonomy=taxonomy, classes=classes,
-                                    out_dir=Path(tmp),
-                                    clean_classes=[c for c in classes if "clean" in c.lower()])
-            print(f"| {phase} | {fmt} | {100 * m['accuracy']:.1f} % | {m['macro_f1']:.3f} | "
-                  f"{m['n']} |", flush=True)
+    for phase, fmt, path in delivered(root, phases):
+        if not path.is_file():
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            m = evaluate_folder(path, folder, taxonomy=taxonomy, classes=classes,
+                                out_dir=Path(tmp),
+                                clean_classes=[c for c in classes if "clean" in c.lower()])
+        print(f"| {phase} | {fmt} | {100 * m['accuracy']:.1f} % | {m['macro_f1']:.3f} | "
+              f"{m['n']} |", flush=True)
     print()
 
 
