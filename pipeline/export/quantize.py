@@ -1,4 +1,4 @@
-"""ONNX fp32 → ONNX int8 (QDQ, static MinMax calibration) with onnxruntime."""
+"""ONNX fp32 → ONNX int8 (QDQ, static calibration: MinMax, percentile or entropy) with onnxruntime."""
 
 from __future__ import annotations
 
@@ -57,12 +57,26 @@ def onnx_input(path: Path) -> tuple[str, int]:
     return inp.name, int(inp.type.tensor_type.shape.dim[-1].dim_value)
 
 
-def quantize_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *,
-                       per_channel: bool = True) -> Path:
-    """Static int8 QDQ quantization of `fp32_path`, calibrated (MinMax) on `calibration`.
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax,
+                       "percentile": CalibrationMethod.Percentile,
+                       "entropy": CalibrationMethod.Entropy}
 
-    `calibration` is float32 (N, 1, S, S) in [0, 1], e.g. ~100+ train/val images.
+
+def quantize_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *,
+                       per_channel: bool = True, method: str = "minmax",
+                       percentile: float = 99.99) -> Path:
+    """Static int8 QDQ quantization of `fp32_path`, calibrated on `calibration`.
+
+    `calibration` is float32 (N, 1, S, S) in [0, 1], e.g. ~100+ train/val images. `method`
+    picks how activation ranges are set: "minmax" (full observed range), "percentile" (clip at
+    the `percentile`-th of |x|, so rare extremes do not coarsen every other value) or "entropy".
     """
+    if method not in CALIBRATION_METHODS:
+        raise UserError(f"quantize.onnx_calibration.method is {method!r}; choose one of "
+                        f"{sorted(CALIBRATION_METHODS)}")
+    if not 50.0 < percentile <= 100.0:
+        raise UserError(f"quantize.onnx_calibration.percentile is {percentile}; "
+                        "give a value in (50, 100], e.g. 99.99")
     name, size = onnx_input(Path(fp32_path))
     cal = check_calibration(calibration, size)
     with tempfile.TemporaryDirectory(prefix="quant_") as tmp:
@@ -73,5 +87,6 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray,
             quantize_static(str(prep), str(out), _ArrayReader(name, cal),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CALIBRATION_METHODS[method],
+                            extra_options={"CalibPercentile": float(percentile)})
     return Path(out_path)

@@ -74,8 +74,10 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         if len(calibration) < q["warn_below"]:
             log.warning("only %d calibration images (< %d): int8 ranges may be poor",
                         len(calibration), q["warn_below"])
+        onnx_cal = q["onnx_calibration"]
         onnx_int8 = quantize_onnx_int8(onnx_fp32, out / "model_int8.onnx", calibration,
-                                       per_channel=q["per_channel"])
+                                       per_channel=q["per_channel"], method=onnx_cal["method"],
+                                       percentile=onnx_cal["percentile"])
         tflite = convert_tflite(onnx_fp32, out, calibration, per_channel=q["per_channel"])
 
         test_rows = splits["test"]
@@ -119,7 +121,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             converters={name: _version(name) for name in CONVERTERS},
             input_spec=tflite_io(tflite["int8"]),
             quantization={"scheme": "per-channel" if q["per_channel"] else "per-tensor",
-                          "onnx": "onnxruntime static QDQ, MinMax",
+                          "onnx": {"tool": "onnxruntime static QDQ", "calibration": dict(onnx_cal)},
                           "tflite": "onnx2tf full int8 (int8 input and output)"},
             calibration={"images": len(calibration), "dropped_outliers": dropped,
                          "sha256": _hash_list([sha256_file(p) for p in cal_paths])},

@@ -118,6 +118,31 @@ def test_quantize_rejects_calibration_of_the_wrong_size(exported, tmp_path):
         quantize_onnx_int8(exported["fp32"], tmp_path / "q.onnx", np.zeros((4, 1, 32, 32)))
 
 
+def _activation_scales(path) -> dict[str, float]:
+    """Scale of every activation QuantizeLinear (weights are initializers, not quantized here)."""
+    m = onnx.load(str(path))
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in m.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+
+
+def test_percentile_calibration_clips_ranges_that_minmax_keeps(exported, data, tmp_path):
+    cal = data["cal"].copy()
+    cal[0] = 1.0  # one saturated frame: its extremes set every MinMax range
+    minmax = _activation_scales(quantize_onnx_int8(exported["fp32"], tmp_path / "mm.onnx", cal))
+    pct = _activation_scales(quantize_onnx_int8(exported["fp32"], tmp_path / "p.onnx", cal,
+                                                method="percentile", percentile=99.0))
+    assert minmax.keys() == pct.keys() and len(pct) > 3
+    assert all(pct[k] <= minmax[k] * 1.0001 for k in pct)
+    assert sum(pct[k] < 0.9 * minmax[k] for k in pct) >= len(pct) // 2
+
+
+def test_quantize_rejects_an_unknown_calibration_method(exported, data, tmp_path):
+    with pytest.raises(UserError, match="quantize.onnx_calibration.method"):
+        quantize_onnx_int8(exported["fp32"], tmp_path / "q.onnx", data["cal"], method="median")
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_gates_fail_for_a_model_with_broken_int8_weights(exported, data, tmp_path):
     m = onnx.load(str(exported["int8"]))
     gemm = next(n for n in m.graph.node if n.op_type == "Gemm")
