@@ -67,8 +67,9 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                     metadata=metadata)
 
         splits = load_splits(root)
-        rng = np.random.default_rng(q["seed"])
-        cal_paths = _calibration_paths(root, phase, splits, q["calibration_images"], rng)
+        # Separate streams: the parity sample must not move when the calibration size changes.
+        cal_rng, parity_rng = (np.random.default_rng([q["seed"], i]) for i in (0, 1))
+        cal_paths = _calibration_paths(root, phase, splits, q["calibration_images"], cal_rng)
         calibration = _batch(cal_paths, pp)
         calibration, dropped = _screen_outliers(model, calibration, q["calibration_outlier_factor"])
         if len(calibration) < q["warn_below"]:
@@ -81,7 +82,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         tflite = convert_tflite(onnx_fp32, out, calibration, per_channel=q["per_channel"])
 
         test_rows = splits["test"]
-        pick = sorted(rng.choice(len(test_rows), min(q["parity_images"], len(test_rows)),
+        pick = sorted(parity_rng.choice(len(test_rows), min(q["parity_images"], len(test_rows)),
                                  replace=False).tolist())
         sample_rows = [test_rows[i] for i in pick]
         sample = _batch([root / r["path"] for r in sample_rows], pp)
