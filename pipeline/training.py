@@ -118,12 +118,17 @@ def _write_weights_only(best: Path, out_file: Path) -> None:
 
 
 @torch.no_grad()
-def predict_probs(model: SEMClassifier, items: Items, batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities for items, with the model's own preprocessing, no augmentation."""
+def predict_logits(model: SEMClassifier, items: Items, batch_size: int = 64) -> np.ndarray:
+    """Logits for items, with the model's own preprocessing, no augmentation."""
     model.eval()
     loader = DataLoader(ImageDataset(items, model.pp.image_size), batch_size=batch_size)
-    out = [torch.softmax(model(x), dim=1).numpy() for x, _ in loader]
+    out = [model(x).numpy() for x, _ in loader]
     return np.concatenate(out) if out else np.zeros((0, model.hparams.num_classes), np.float32)
+
+
+def predict_probs(model: SEMClassifier, items: Items, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities for items (see predict_logits)."""
+    return torch.softmax(torch.from_numpy(predict_logits(model, items, batch_size)), 1).numpy()
 
 
 def evaluate_sets(model: SEMClassifier, sets: Mapping[str, Items],

@@ -1,6 +1,7 @@
 """Lightning DataModule: (path, label) lists → batches of [0, 1] grey images.
 
-Batches are (x float32 [B, 1, S, S] in [0, 1], y long). They are NOT mean/std normalised:
+Batches are (x float32 [B, 1, S, S] in [0, 1], y long), plus the teacher's cached logits
+(float32 [B, C]) when distilling with `teacher_logits`. They are NOT mean/std normalised:
 normalisation is the first layer of the network, configured by the model's Preprocess, so
 training, evaluation, export and on-device inference share one definition (see
 pipeline/models/preprocess.py). Images are centre-cropped and resized exactly as
@@ -33,7 +34,10 @@ SAMPLERS = ("shuffle", "balanced")
 
 
 class ImageDataset(Dataset):
-    """Reads, resizes and (optionally) augments one image per key (index or (index, epoch))."""
+    """Reads, resizes and (optionally) augments one image per key (index or (index, epoch)).
+
+    With `targets` (one row per item), each sample also carries its row: the teacher's logits
+    cached once per image, so distillation does not run the teacher on every batch."""
 
     def __init__(
         self,
@@ -41,16 +45,21 @@ class ImageDataset(Dataset):
         image_size: int,
         augment: A.Compose | None = None,
         seed: int = 0,
+        targets: np.ndarray | None = None,
     ) -> None:
+        if targets is not None and len(targets) != len(items):
+            raise ValueError(f"{len(targets)} target rows for {len(items)} items")
         self.items = items
         self.image_size = image_size
         self.augment = augment
         self.seed = seed
+        self.targets = None if targets is None else torch.from_numpy(
+            np.asarray(targets, dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         path, label = self.items[index]
         img = to_model_input(read_gray8(Path(path)), self.image_size)
@@ -59,7 +68,7 @@ class ImageDataset(Dataset):
             self.augment.set_random_state(rng, random.Random(int(rng.integers(2**63))))
             img = self.augment(image=img)["image"]
         x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)[None]
-        return x, label
+        return (x, label) if self.targets is None else (x, label, self.targets[index])
 
 
 class EpochSampler(Sampler):
@@ -135,6 +144,7 @@ class SEMDataModule(L.LightningDataModule):
         sampler: str = "shuffle",
         replay: list[tuple[str, int]] | None = None,
         replay_fraction: float = 0.0,
+        teacher_logits: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if not train:
@@ -155,6 +165,9 @@ class SEMDataModule(L.LightningDataModule):
         self.sampler = sampler
         self.replay_items = list(replay or [])
         self.replay_fraction = replay_fraction
+        self.teacher_logits = teacher_logits
+        if teacher_logits is not None and self.replay_items:
+            raise UserError("cached teacher logits cover the train items only, not a replay pool")
 
     def train_dataloader(self) -> DataLoader:
         augment = build_augment(self.augment_cfg, self.image_size)
@@ -164,7 +177,8 @@ class SEMDataModule(L.LightningDataModule):
             batches = MixedBatchSampler(len(self.train_items), len(self.replay_items),
                                         self.batch_size, self.replay_fraction, self.seed)
             return DataLoader(ds, batch_sampler=batches, num_workers=self.num_workers)
-        ds = ImageDataset(self.train_items, self.image_size, augment, self.seed)
+        ds = ImageDataset(self.train_items, self.image_size, augment, self.seed,
+                          targets=self.teacher_logits)
         sampler = EpochSampler(
             [y for _, y in self.train_items], self.seed, self.sampler == "balanced"
         )

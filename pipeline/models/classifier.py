@@ -32,10 +32,13 @@ _LOSS_KEYS = {"name", "label_smoothing", "gamma", "alpha", "class_weights"}
 
 
 class SEMClassifier(L.LightningModule):
-    """Image classifier; with `teacher_ckpt`, trained on alpha * KD + (1 - alpha) * hard loss.
+    """Image classifier; with `teacher_ckpt` (or teacher logits cached in the batches), trained
+    on alpha * KD + (1 - alpha) * hard loss.
 
     loss: {name: ce|focal, label_smoothing, gamma, alpha, class_weights: list | None}
-    optimizer: {lr, weight_decay, warmup_epochs}; kd: {temperature, alpha}.
+    optimizer: {lr, weight_decay, warmup_epochs}; kd: {temperature, alpha[, teacher_logits]}:
+    with teacher_logits "cached" the batches carry the teacher's logits and the teacher file
+    is recorded but not loaded.
     After validation, `last_confusion[loader_name]` holds the confusion matrix (rows = true).
     """
 
@@ -98,7 +101,8 @@ class SEMClassifier(L.LightningModule):
 
     # ---- distillation -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.teacher_ckpt and self.teacher is None:
+        cached = (self.hparams.kd or {}).get("teacher_logits") == "cached"
+        if stage == "fit" and self.hparams.teacher_ckpt and self.teacher is None and not cached:
             self.teacher = load_teacher(self.hparams.teacher_ckpt, self.hparams.class_names)
 
     def on_fit_start(self) -> None:
@@ -106,13 +110,17 @@ class SEMClassifier(L.LightningModule):
             self.teacher.to(self.device)
 
     # ---- training -----------------------------------------------------------------------
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x, y, *cached = batch  # cached: the teacher's logits for these images, if precomputed
         logits = self(self.pp.fit_tensor(x))
         loss = self.hard_loss(logits, y)
-        if self.teacher is not None:
+        teacher_logits = cached[0] if cached else None
+        if teacher_logits is None and self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(self.teacher.pp.fit_tensor(x))
+        if teacher_logits is not None:
+            if not self.hparams.kd:
+                raise UserError("batches carry teacher logits but the model has no kd config")
             kd = kd_loss(logits, teacher_logits, float(self.hparams.kd["temperature"]))
             self.log_dict(
                 {"train/hard_loss": loss, "train/kd_loss": kd},

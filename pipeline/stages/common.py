@@ -15,11 +15,11 @@ from pipeline.evaluate.metrics import scalar_metrics
 from pipeline.evaluate.plots import confusion_figure, save_figure
 from pipeline.files import read_csv, sha256_file, write_json
 from pipeline.models.backbones import count_macs, count_params
-from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
+from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess, load_teacher
 from pipeline.models.preprocess import Preprocess
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun
-from pipeline.training import evaluate_sets, fit, loss_config, phase_items
+from pipeline.training import evaluate_sets, fit, loss_config, phase_items, predict_logits
 
 log = logging.getLogger(__name__)
 SPLITS_DIR = Path("data/splits")
@@ -86,7 +86,11 @@ def report_model(
 def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: dict,
                 out_dir: Path, metrics_file: Path, teacher_ckpt: Path | None,
                 kd: dict | None) -> None:
-    """Train one model on the synthetic splits; shared by train_teacher and distill_student."""
+    """Train one model on the synthetic splits; shared by train_teacher and distill_student.
+
+    With kd.teacher_logits == "cached", the teacher's logits are computed once per
+    (unaugmented) train image and served with the batches instead of running the teacher on
+    every augmented batch."""
     train = cfg["train"]
     taxonomy = Taxonomy.from_config(cfg["taxonomy"])
     phase = train["phase"]
@@ -96,6 +100,9 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
         tracker.log_params({"model": model_cfg, "optim": opt_cfg, "train": train,
                             "trainer": cfg["trainer"], "kd": kd or {}})
         seed_everything(opt_cfg["seed"])
+        cached = None
+        if teacher_ckpt and kd and kd.get("teacher_logits") == "cached":
+            cached = predict_logits(load_teacher(teacher_ckpt, classes), splits["train"])
         model = SEMClassifier(
             model_cfg["name"], len(classes), classes,
             Preprocess(model_cfg["image_size"]).to_dict(),
@@ -107,13 +114,14 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
             teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, kd=kd,
         )
         size = model_cfg["image_size"]
-        if teacher_ckpt:
+        if teacher_ckpt and cached is None:
             # One batch feeds both models: serve the larger size, each resizes on-tensor.
             size = max(size, checkpoint_preprocess(teacher_ckpt).image_size)
         datamodule = SEMDataModule(
             splits["train"], {"val": splits["val"], "heldout": splits["heldout"]}, size,
             augment=train["augment"], batch_size=opt_cfg["batch_size"],
             num_workers=train["num_workers"], seed=opt_cfg["seed"], sampler=train["sampler"],
+            teacher_logits=cached,
         )
         result = fit(model, datamodule, trainer_cfg=cfg["trainer"],
                      max_epochs=opt_cfg["max_epochs"], patience=opt_cfg["early_stopping_patience"],

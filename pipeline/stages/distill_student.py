@@ -5,19 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.stages.common import train_model
 from pipeline.stages.train_teacher import OUT_DIR as TEACHER_DIR
 
 OUT_DIR = Path("models/student")
 METRICS = Path("reports/models/student.json")
+# cached: the teacher's logits on each unaugmented train image, computed once (fast: the
+# student trains at its own speed); online: the teacher runs on every augmented batch.
+TEACHER_LOGITS = ("cached", "online")
 
 
 def run(cfg: dict, root: Path) -> None:
     distill = cfg["distill"]
     use_teacher = distill["use_teacher"]
+    if distill["teacher_logits"] not in TEACHER_LOGITS:
+        raise UserError(f"distill.teacher_logits={distill['teacher_logits']!r} is unknown; "
+                        f"use one of {TEACHER_LOGITS}")
     train_model(
         cfg, root, stage="distill_student", model_cfg=cfg["model"]["student"], opt_cfg=distill,
         out_dir=root / OUT_DIR, metrics_file=root / METRICS,
         teacher_ckpt=root / TEACHER_DIR / "model.ckpt" if use_teacher else None,
-        kd={"temperature": distill["temperature"], "alpha": distill["alpha"]} if use_teacher else None,
+        kd={k: distill[k] for k in ("temperature", "alpha", "teacher_logits")} if use_teacher
+        else None,
     )

@@ -171,7 +171,8 @@ def particle(sc: Scene, rng: np.random.Generator) -> dict:
     n = int(rng.integers(1, 5)) if rng.random() < 0.35 else 1
     c0 = rng.uniform(0.2, 0.8, 2) * s
     elong = rng.uniform(1.0, 2.5)
-    r0 = float(np.clip(rng.uniform(5, 150) / sc.nm_per_px, 0.012 * s, 0.14 * s))
+    # Real review images frame the particle: at least ~5 output px across, at most a quarter field.
+    r0 = float(np.clip(rng.uniform(5, 150) / sc.nm_per_px, 0.04 * s, 0.22 * s))
     h0 = rng.uniform(1.5, 3.0)
     z = np.zeros_like(sc.height)
     for _ in range(n):

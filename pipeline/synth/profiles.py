@@ -32,7 +32,7 @@ class ToolProfile:
     drift_px: Range = (0.0, 0.5)
     shifted_lines_p: float = 0.1
     frames: tuple[int, ...] = (1, 2, 4, 8)
-    dose: Range = (25.0, 120.0)        # electrons per pixel per frame at unit yield
+    dose: Range = (150.0, 1200.0)      # electrons per pixel per frame at unit yield
     gamma_noise_p: float = 0.0
     read_sigma: Range = (0.0, 0.02)
     row_sigma: Range = (0.0, 0.01)
@@ -44,30 +44,30 @@ class ToolProfile:
 
 
 PROFILES: dict[str, ToolProfile] = {
-    "inlens_hires": ToolProfile(blur_nm=(0.8, 2.0), frames=(4, 8, 16), dose=(40, 120),
+    "inlens_hires": ToolProfile(blur_nm=(0.8, 2.0), frames=(4, 8, 16), dose=(300, 1500),
                                 jpeg_p=0.15, resample_p=0.15),
     "side_detector": ToolProfile(detector="side", asym=(0.25, 0.6), edge_gain=(0.2, 0.6),
                                  slope_gain=(0.5, 1.5), jpeg_p=0.2, resample_p=0.2),
     "cdsem_review": ToolProfile(edge_gain=(0.6, 1.2), edge_lambda_nm=(2.0, 6.0),
-                                bloom=(0.1, 0.3), frames=(8, 16), dose=(15, 45),
+                                bloom=(0.1, 0.3), frames=(8, 16), dose=(100, 400),
                                 vibration_px=(0.0, 0.15), jpeg_p=0.2, resample_p=0.2),
     "lowmag_inspection": ToolProfile(blur_floor_px=(0.6, 1.2), frames=(1, 2),
-                                     dose=(60, 180), wave=(0.02, 0.1), vignette=(0.05, 0.3),
+                                     dose=(300, 1500), wave=(0.02, 0.1), vignette=(0.05, 0.3),
                                      jpeg_p=0.3, resample_p=0.3),
     "charging_insulator": ToolProfile(charging_p=0.9, charging=(0.15, 0.6), invert_p=0.1,
                                       drift_px=(0.2, 1.5), jpeg_p=0.2, resample_p=0.2),
-    "noisy_fast_scan": ToolProfile(frames=(1, 2), dose=(2.0, 8.0), read_sigma=(0.01, 0.05),
-                                   row_sigma=(0.01, 0.04), vibration_px=(0.1, 0.4),
+    "noisy_fast_scan": ToolProfile(frames=(1, 2), dose=(30.0, 150.0), read_sigma=(0.005, 0.02),
+                                   row_sigma=(0.005, 0.02), vibration_px=(0.1, 0.4),
                                    shifted_lines_p=0.3, gamma_noise_p=0.5),
     "tem_like_crosssection": ToolProfile(detector="bse", edge_gain=(0.0, 0.15),
                                          bloom=(0.0, 0.05), slope_gain=(0.0, 0.2),
-                                         frames=(8, 16), dose=(60, 180), invert_p=0.2,
+                                         frames=(8, 16), dose=(300, 1500), invert_p=0.2,
                                          tail=(0.05, 0.15), jpeg_p=0.3, resample_p=0.2),
     "legacy_jpeg_resized": ToolProfile(jpeg_p=1.0, jpeg_quality=(20.0, 60.0), resample_p=0.8,
                                        resample=(0.3, 0.6), blur_floor_px=(0.5, 1.0)),
     "bse_material": ToolProfile(detector="bse", edge_gain=(0.0, 0.2), slope_gain=(0.0, 0.3),
                                 bloom=(0.0, 0.05), foot=(0.0, 0.05), frames=(2, 4),
-                                dose=(20, 60), invert_p=0.1),
+                                dose=(100, 400), invert_p=0.1),
     "defocused_old_tool": ToolProfile(detector="side", asym=(0.1, 0.3), defocus_p=0.6,
                                       blur_floor_px=(0.7, 1.4), astig=(0.6, 1.6),
                                       tail=(0.05, 0.2), wave=(0.03, 0.1), frames=(1, 2, 4),

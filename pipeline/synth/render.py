@@ -19,9 +19,10 @@ FINE_CLASSES: tuple[str, ...] = ("clean_layer", "clean_via", "clean_stack", "bri
                                  "residue", "other")
 
 # Families each class is drawn in (with weights). Clean classes cover every defect context.
+# Vias lean to cross-sections: the real via images (clean and defective) are mostly FIB cuts.
 CLASS_FAMILIES: dict[str, dict[str, float]] = {
     "clean_layer": {"lines": 0.45, "manhattan": 0.2, "film": 0.25, "pads": 0.1},
-    "clean_via": {"via_array": 0.5, "via_column": 0.5},
+    "clean_via": {"via_array": 0.3, "via_column": 0.7},
     "clean_stack": {"stack": 0.55, "bump": 0.45},
     "bridge": {"lines": 1.0},
     "open": {"lines": 1.0},
@@ -29,7 +30,7 @@ CLASS_FAMILIES: dict[str, dict[str, float]] = {
     "crack": {"stack": 0.35, "bump": 0.3, "film": 0.2, "lines": 0.15},
     "cmp_scratch": {"film": 0.35, "lines": 0.35, "pads": 0.15, "manhattan": 0.15},
     "particle": {"lines": 0.5, "via_array": 0.15, "film": 0.2, "manhattan": 0.15},
-    "via_defect": {"via_array": 0.5, "via_column": 0.5},
+    "via_defect": {"via_array": 0.3, "via_column": 0.7},
     "residue": {"lines": 0.35, "film": 0.25, "via_array": 0.2, "manhattan": 0.2},
     "other": {"lines": 0.35, "film": 0.25, "via_array": 0.15, "stack": 0.15, "manhattan": 0.1},
 }

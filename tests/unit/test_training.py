@@ -109,6 +109,28 @@ def test_plain_then_distilled_fit(items, tmp_path):
         assert torch.equal(loaded.eval()(x), student.eval()(x))
 
 
+def test_cached_teacher_logits_ride_with_the_batches_and_drive_kd(items):
+    # Row i peaks at item i's label, so a row served with the wrong image would show.
+    logits = np.eye(3, dtype=np.float32)[[label for _, label in items[:18]]] * 5.0
+    dm = _dm(items, 32, teacher_logits=logits)
+    x, y, t = next(iter(dm.train_dataloader()))
+    assert x.shape == (6, 1, 32, 32) and t.shape == (6, 3)
+    assert torch.equal(t.argmax(1), y)
+
+    L.seed_everything(0)
+    student = _model("plain_cnn", 32, kd={"temperature": 2.0, "alpha": 0.5})
+    batch = (x, y, t)
+    kd_total = student.training_step(batch, 0)
+    L.seed_everything(0)
+    plain = _model("plain_cnn", 32)
+    hard = plain.training_step((x, y), 0)
+    assert not torch.isclose(kd_total, hard)  # the cached logits changed the loss
+    with pytest.raises(UserError, match="kd config"):
+        plain.training_step(batch, 0)
+    with pytest.raises(UserError, match="replay"):
+        _dm(items, 32, teacher_logits=logits, replay=items[:2], replay_fraction=0.5)
+
+
 def test_seeded_fits_are_identical(items):
     torch.set_num_threads(1)
     weights = []
