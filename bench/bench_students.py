@@ -37,8 +37,8 @@ from pipeline.taxonomy import Taxonomy  # noqa: E402
 from pipeline.training import fit, phase_items  # noqa: E402
 
 # Shipped students, plus narrower conv heads (name:head_features) as flash-budget candidates.
-STUDENTS = ["mobilenetv3_small_050", "mobilenetv3_small_050:512", "mobilenetv3_small_050:256",
-            "mobilenetv3_small_075", "mobilenetv3_small_100", "mobilenetv2_050",
+STUDENTS = ["edge_cnn", "mobilenetv3_small_050", "mobilenetv3_small_050:512",
+            "mobilenetv3_small_050:256", "mobilenetv3_small_075", "mobilenetv3_small_100", "mobilenetv2_050",
             "mobilenetv2_050:512", "mobilenetv2_075", "plain_cnn"]
 
 

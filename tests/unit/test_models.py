@@ -7,6 +7,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.models.backbones import build_backbone, count_macs, count_params
+from pipeline.models.classifier import SEMClassifier
 from pipeline.models.export_safe import HardSigmoidTFLM, make_export_safe
 from pipeline.models.plain_cnn import PlainCNN
 from pipeline.models.preprocess import Normalize, Preprocess
@@ -22,6 +23,7 @@ SHIPPED = [
     "mobilenetv2_050",
     "mobilenetv2_075",
     "plain_cnn",
+    "edge_cnn",
 ]
 
 
@@ -78,6 +80,21 @@ def test_count_params_and_macs_by_hand():
     assert count_params(model) == 36 + 8 + 288 + 16 + 27
     # conv1 at 16x16: 256*4*9; conv2 at 8x8: 64*8*36; fc 8*3
     assert count_macs(model, (1, 1, 16, 16)) == 256 * 36 + 64 * 8 * 36 + 24
+
+
+def test_strided_stem_quarters_the_first_map_and_the_macs_after_it():
+    strided = PlainCNN(3, widths=(4, 8), stem_stride=2)
+    assert count_params(strided) == count_params(PlainCNN(3, widths=(4, 8)))
+    # conv1 at 8x8 (stride 2): 64*4*9; pool → 4x4; conv2 at 4x4: 16*8*36; fc 8*3
+    assert count_macs(strided, (1, 1, 16, 16)) == 64 * 36 + 16 * 8 * 36 + 24
+    assert build_backbone("edge_cnn", 9)(torch.rand(1, 1, 128, 128)).shape == (1, 9)
+
+
+def test_too_small_input_for_a_plain_cnn_is_refused_by_name():
+    with pytest.raises(UserError, match="edge_cnn needs image_size >= 64"):
+        SEMClassifier("edge_cnn", 2, ["a", "b"], {"image_size": 32}, loss={},
+                      optimizer={"lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0},
+                      max_epochs=1)
 
 
 def test_preprocess_roundtrip_and_model_input(tmp_path):
