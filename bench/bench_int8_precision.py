@@ -35,9 +35,9 @@ from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.stages.finetune_real import out_dir as model_dir  # noqa: E402
 from pipeline.stages.quantize import (  # noqa: E402
     _batch,
-    _calibration_paths,
     _onnx_logits,
     artifacts_dir,
+    calibration_and_parity_rows,
 )
 
 # (activation type, weight type, calibration method)
@@ -59,14 +59,9 @@ def main() -> None:
     model = SEMClassifier.load_from_checkpoint(root / model_dir(phase) / "model.ckpt",
                                                map_location="cpu", weights_only=True).eval()
     splits = load_splits(root)
-    # The stage's streams: calibration from [seed, 0], parity sample from [seed, 1].
-    cal_rng, parity_rng = (np.random.default_rng([q["seed"], i]) for i in (0, 1))
-    cal = _batch(_calibration_paths(root, phase, splits, q["calibration_images"], cal_rng),
-                 model.pp)
-    test = splits["test"]
-    pick = sorted(parity_rng.choice(len(test), min(q["parity_images"], len(test)),
-                                    replace=False).tolist())
-    sample = _batch([root / test[i]["path"] for i in pick], model.pp)
+    cal_paths, sample_rows = calibration_and_parity_rows(root, phase, splits, q)
+    cal = _batch(cal_paths, model.pp)
+    sample = _batch([root / r["path"] for r in sample_rows], model.pp)
     with torch.no_grad():
         ref = model.net(torch.from_numpy(sample)).numpy()
     fp32 = root / artifacts_dir(phase) / "model.onnx"

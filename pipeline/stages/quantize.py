@@ -67,9 +67,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                     metadata=metadata)
 
         splits = load_splits(root)
-        # Separate streams: the parity sample must not move when the calibration size changes.
-        cal_rng, parity_rng = (np.random.default_rng([q["seed"], i]) for i in (0, 1))
-        cal_paths = _calibration_paths(root, phase, splits, q["calibration_images"], cal_rng)
+        cal_paths, sample_rows = calibration_and_parity_rows(root, phase, splits, q)
         calibration = _batch(cal_paths, pp)
         calibration, dropped = _screen_outliers(model, calibration, q["calibration_outlier_factor"])
         if len(calibration) < q["warn_below"]:
@@ -81,10 +79,6 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                                        percentile=onnx_cal["percentile"])
         tflite = convert_tflite(onnx_fp32, out, calibration, per_channel=q["per_channel"])
 
-        test_rows = splits["test"]
-        pick = sorted(parity_rng.choice(len(test_rows), min(q["parity_images"], len(test_rows)),
-                                 replace=False).tolist())
-        sample_rows = [test_rows[i] for i in pick]
         sample = _batch([root / r["path"] for r in sample_rows], pp)
         labels = np.array([classes.index(taxonomy.map_fine(r["fine_class"], tax_phase))
                            for r in sample_rows])
@@ -141,6 +135,18 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         if failures:
             raise UserError(f"parity gates failed for {phase}: {'; '.join(failures)} "
                             f"(table in {artifacts_dir(phase) / 'parity.json'})")
+
+
+def calibration_and_parity_rows(root: Path, phase: str, splits: dict, q: dict
+                                ) -> tuple[list[Path], list[dict]]:
+    """The calibration image paths and the fixed parity sample of test rows for a phase."""
+    # Separate streams: the parity sample must not move when the calibration size changes.
+    cal_rng, parity_rng = (np.random.default_rng([q["seed"], i]) for i in (0, 1))
+    cal_paths = _calibration_paths(root, phase, splits, q["calibration_images"], cal_rng)
+    test_rows = splits["test"]
+    pick = sorted(parity_rng.choice(len(test_rows), min(q["parity_images"], len(test_rows)),
+                                    replace=False).tolist())
+    return cal_paths, [test_rows[i] for i in pick]
 
 
 def _calibration_paths(root: Path, phase: str, splits: dict, n: int, rng) -> list[Path]:
