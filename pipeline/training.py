@@ -110,6 +110,17 @@ def _write_weights_only(best: Path, out_file: Path) -> None:
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     for key in _RESUME_ONLY:
         ckpt.pop(key, None)
+    _save_checkpoint(ckpt, out_file)
+
+
+def replace_weights(model: SEMClassifier, checkpoint: Path) -> None:
+    """Write `model`'s current weights into its delivered checkpoint (hyper-parameters kept)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt["state_dict"] = model.state_dict()
+    _save_checkpoint(ckpt, checkpoint)
+
+
+def _save_checkpoint(ckpt: dict, out_file: Path) -> None:
     # Through a buffer: torch.save names the archive's records after the file it writes, and
     # the atomic temporary name is random, so same weights would give different bytes.
     buffer = io.BytesIO()

@@ -116,7 +116,7 @@ class OnnxPredictor(_Predictor):
 
 
 class TFLitePredictor(_Predictor):
-    """Float or full-int8 TFLite; int8 input is quantized and the output dequantized."""
+    """Float or integer (int8, int16x8) TFLite; integer input is quantized, output dequantized."""
 
     fmt = "tflite"
 
@@ -127,25 +127,11 @@ class TFLitePredictor(_Predictor):
 
         super().__init__(path, *_contract(Path(path)))
         self._it = load_interpreter(Path(path))
-        self._in = self._it.get_input_details()[0]
-        self._out = self._it.get_output_details()[0]
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        from pipeline.export.tflite import quantize_input
+        from pipeline.export.tflite import interpreter_logits
 
-        x = x.transpose(0, 2, 3, 1)  # NCHW → NHWC
-        if self._in["dtype"] == np.int8:
-            x = quantize_input(x, *self._in["quantization"])
-        out = []
-        for i in range(len(x)):  # static batch of 1
-            self._it.set_tensor(self._in["index"], x[i: i + 1])
-            self._it.invoke()
-            out.append(self._it.get_tensor(self._out["index"]).copy())
-        y = np.concatenate(out)
-        if self._out["dtype"] == np.int8:
-            scale, zero_point = self._out["quantization"]
-            y = (y.astype(np.float32) - zero_point) * scale
-        return y
+        return interpreter_logits(self._it, x)
 
 
 _PREDICTORS = {"torch": TorchPredictor, "onnx": OnnxPredictor, "tflite": TFLitePredictor}

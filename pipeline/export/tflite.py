@@ -4,7 +4,8 @@ onnx2tf runs in a subprocess: it prints a lot, may call sys.exit, and imports Te
 which the rest of the pipeline does not need. Calibration images are passed explicitly with
 `-cind` (without them onnx2tf downloads sample images). The int8 model takes int8 input with
 scale 1/255 and zero point -128, i.e. a raw 8-bit pixel minus 128, because the network's first
-layer is Normalize and calibration spans exactly [0, 1] (see `_pin_input_range`).
+layer is Normalize and calibration spans exactly [0, 1] (see `_pin_input_range`). The optional
+16x8 model (int16 activations, int8 weights) takes int16 input round(pixel * 32767 / 255).
 """
 
 from __future__ import annotations
@@ -26,18 +27,24 @@ from pipeline.files import write_bytes
 
 INT8_NAME = "model_int8.tflite"
 FLOAT_NAME = "model_float.tflite"
+INT16X8_NAME = "model_int16x8.tflite"
 # onnx2tf names its outputs after the input file: <stem>_full_integer_quant.tflite etc.
-_ONNX2TF_OUTPUTS = {"int8": "model_full_integer_quant.tflite", "float": "model_float32.tflite"}
+_ONNX2TF_OUTPUTS = {"int8": "model_full_integer_quant.tflite", "float": "model_float32.tflite",
+                    "int16x8": "model_full_integer_quant_with_int16_act.tflite"}
+_OUT_NAMES = {"int8": INT8_NAME, "float": FLOAT_NAME, "int16x8": INT16X8_NAME}
 _LOG_TAIL_LINES = 40
 
 
 def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
-                   per_channel: bool = True) -> dict[str, Path]:
+                   per_channel: bool = True, int16x8: bool = False) -> dict[str, Path]:
     """Convert a static batch-1 ONNX model; return {"int8": path, "float": path} in `out_dir`.
 
     The int8 model is fully integer (int8 input and output); weights are quantized
     per-channel (default) or per-tensor. `calibration`: float32 (N, 1, S, S) in [0, 1].
+    With `int16x8`, also "int16x8": the same int8 weights with 16-bit activations, input and
+    output (TFLite's 16x8 mode, which onnx2tf builds beside the int8 model anyway).
     """
+    kinds = ["int8", "float"] + (["int16x8"] if int16x8 else [])
     if importlib.util.find_spec("onnx2tf") is None:
         raise UserError("onnx2tf is not installed; install the export toolchain (see the "
                         "Makefile's setup step) to build TFLite models")
@@ -58,14 +65,17 @@ def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
                               check=False)
-        made = {kind: tmp / "out" / name for kind, name in _ONNX2TF_OUTPUTS.items()}
+        made = {kind: tmp / "out" / _ONNX2TF_OUTPUTS[kind] for kind in kinds}
         missing = [p.name for p in made.values() if not p.is_file()]
+        if proc.returncode == 0 and missing == [_ONNX2TF_OUTPUTS["int16x8"]]:
+            raise UserError(f"onnx2tf could not build the 16x8 model of {onnx_path} (some op "
+                            "has no int16-activation kernel); set quantize.int16x8=false")
         if proc.returncode != 0 or missing:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-_LOG_TAIL_LINES:])
             raise RuntimeError(f"onnx2tf failed on {onnx_path} (exit {proc.returncode}, "
                                f"missing {missing}); last output:\n{tail}")
         out_dir = Path(out_dir)
-        paths = {"int8": out_dir / INT8_NAME, "float": out_dir / FLOAT_NAME}
+        paths = {kind: out_dir / _OUT_NAMES[kind] for kind in kinds}
         for kind, path in paths.items():
             write_bytes(path, made[kind].read_bytes())
     _check_int8_io(paths["int8"])
@@ -116,30 +126,39 @@ def tflite_io(path: Path) -> dict:
             "output": _tensor_info(it.get_output_details()[0])}
 
 
-def quantize_input(images_nhwc: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Float [0, 1] images → int8 as the device gets them (pixel - 128 for scale 1/255)."""
-    return np.clip(np.round(images_nhwc / scale) + zero_point, -128, 127).astype(np.int8)
+def quantize_input(images_nhwc: np.ndarray, scale: float, zero_point: int,
+                   dtype: type = np.int8) -> np.ndarray:
+    """Float [0, 1] images → the integer input a device feeds (int8: pixel - 128)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(images_nhwc / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
-def tflite_predict(tflite_path: Path, images: np.ndarray, *, reference: bool = False
-                   ) -> np.ndarray:
-    """Float logits (N, C) of a float or int8 TFLite model for images (N, 1, S, S) in [0, 1].
+def interpreter_logits(it: Interpreter, images: np.ndarray) -> np.ndarray:
+    """Float logits (N, C) from a loaded interpreter for images (N, 1, S, S) in [0, 1].
 
-    Int8 inputs are quantized and outputs dequantized with the model's own parameters;
-    `reference=True` uses TFLite's reference kernels (the ones TFLM mirrors).
+    Integer (int8 or int16) inputs are quantized and outputs dequantized with the model's
+    own parameters.
     """
-    it = load_interpreter(Path(tflite_path), reference=reference)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     x = np.asarray(images, dtype=np.float32).transpose(0, 2, 3, 1)  # NCHW → NHWC
-    if inp["dtype"] == np.int8:
-        x = quantize_input(x, *inp["quantization"])
+    if np.issubdtype(inp["dtype"], np.integer):
+        x = quantize_input(x, *inp["quantization"], dtype=inp["dtype"])
     logits = []
     for i in range(len(x)):  # the model has a static batch of 1
         it.set_tensor(inp["index"], x[i: i + 1])
         it.invoke()
         logits.append(it.get_tensor(out["index"]).copy())
     y = np.concatenate(logits)
-    if out["dtype"] == np.int8:
+    if np.issubdtype(out["dtype"], np.integer):
         scale, zero_point = out["quantization"]
         y = (y.astype(np.float32) - zero_point) * scale
     return y.astype(np.float32)
+
+
+def tflite_predict(tflite_path: Path, images: np.ndarray, *, reference: bool = False
+                   ) -> np.ndarray:
+    """Float logits (N, C) of a TFLite model for images (N, 1, S, S) in [0, 1].
+
+    `reference=True` uses TFLite's reference kernels (the ones TFLM mirrors).
+    """
+    return interpreter_logits(load_interpreter(Path(tflite_path), reference=reference), images)

@@ -5,6 +5,11 @@ Contract: a model (and its ONNX/TFLite export) takes a float image in [0, 1], sh
 the network (`Normalize`), not a step outside it. Why: the int8 graph's input then has
 scale 1/255, so a device feeds raw 8-bit pixels (minus the zero point) with no float math, and
 training, evaluation, export and inference cannot disagree about mean/std.
+
+Normalize is a single 1x1 convolution and the mean sits on the 8-bit grid (a whole number of
+1/255 steps): the converter then keeps it as one exact integer op. Written as subtract-then-
+divide, TFLite gave the intermediate (x - mean) the scale of the divided output, leaving the
+network about 60 distinct input levels instead of 256.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class Preprocess:
             raise UserError(
                 f"preprocess: image_size must be >= 8 and std > 0 (got {self}); fix the model config"
             )
+        # Snap the mean to the nearest 8-bit level (0.5 -> 128/255) so an int8 input maps to
+        # the normalised zero exactly; the stored spec is the value the network uses.
+        object.__setattr__(self, "mean", round(self.mean * 255) / 255)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,13 +78,13 @@ class Preprocess:
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std with constants from Preprocess; the network's first layer."""
+    """(x - mean) / std as one 1x1 convolution (see module doc); the network's first layer."""
 
     def __init__(self, mean: float, std: float) -> None:
         super().__init__()
         # Not persistent: the values live in the checkpoint's hyper-parameters (Preprocess).
-        self.register_buffer("mean", torch.tensor(mean), persistent=False)
-        self.register_buffer("std", torch.tensor(std), persistent=False)
+        self.register_buffer("weight", torch.full((1, 1, 1, 1), 1.0 / std), persistent=False)
+        self.register_buffer("bias", torch.tensor([-mean / std]), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return F.conv2d(x, self.weight, self.bias)

@@ -25,13 +25,22 @@ from pipeline.data.real import (
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, write_csv, write_json
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
+from pipeline.models.int8_grid import snap_weights_to_int8_grid
 from pipeline.models.surgery import head_row_sources, transfer_weights
 from pipeline.stages.common import load_splits, model_facts, report_model, seed_everything
 from pipeline.stages.distill_student import OUT_DIR as STUDENT_DIR
 from pipeline.stages.train_teacher import OUT_DIR as TEACHER_DIR
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun
-from pipeline.training import Items, evaluate_sets, fit, loss_config, phase_items, predict_probs
+from pipeline.training import (
+    Items,
+    evaluate_sets,
+    fit,
+    loss_config,
+    phase_items,
+    predict_probs,
+    replace_weights,
+)
 
 log = logging.getLogger(__name__)
 # The real-fine-tuned teacher (finetune.teacher_kd), kept beside the student it taught.
@@ -100,13 +109,14 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                                       start=ft["init"], teacher_ckpt=teacher_ckpt)
             result = _fit(cfg, model, train + pseudo, val, replay, target / "model.ckpt",
                           synthetic_val=synthetic_val, logger=tracker.lightning_logger())
+        grid_facts = _snap_to_int8_grid(result, val) if ft["int8_weight_grid"] else {}
 
         sets = {"val": val, "synthetic_test": phase_items(splits["test"], root, taxonomy, tax_phase)}
         if data_report["source"] == STANDIN:
             sets["standin_test"] = standin_items(splits["heldout"], "test", root, taxonomy, tax_phase)
         evaluations = evaluate_sets(result.model, sets,
                                     clean_classes=[c for c in classes if "clean" in c.lower()])
-        facts = {**model_facts(result.model, result.checkpoint), **teacher_facts,
+        facts = {**model_facts(result.model, result.checkpoint), **teacher_facts, **grid_facts,
                  "epochs": result.epochs,
                  "real_train_images": len(train), "real_val_images": len(val),
                  "data_is_real": int(data_report["source"] == "real")}
@@ -209,6 +219,16 @@ def _fit(cfg, model, train, val, replay, out_file, *, synthetic_val, logger):
     )
     return fit(model, datamodule, trainer_cfg=cfg["trainer"], max_epochs=ft["max_epochs"],
                patience=ft["early_stopping_patience"], out_file=out_file, logger=logger)
+
+
+def _snap_to_int8_grid(result, val: Items) -> dict:
+    """Deliver weights that per-channel int8 stores exactly (see pipeline.models.int8_grid);
+    returns the share of val predictions that kept their class: the cost of snapping."""
+    before = predict_probs(result.model, val).argmax(1)
+    snap_weights_to_int8_grid(result.model.net)
+    replace_weights(result.model, result.checkpoint)
+    after = predict_probs(result.model, val).argmax(1)
+    return {"int8_grid_val_top1_agreement": float((before == after).mean())}
 
 
 def _pseudo_labels(model: SEMClassifier, folder: str, threshold: float) -> Items:

@@ -1,6 +1,7 @@
 """quantize@<phase>: the phase's delivered model as ONNX fp32 (static batch 1 and dynamic),
-ONNX int8, TFLite int8 (int8 in/out) and float, checked on TFLite Micro, as a C array, with
-parity gates against the torch model and a manifest that says exactly what was built."""
+ONNX int8, TFLite int8 (int8 in/out) and float, optionally TFLite 16x8 (int16 activations),
+checked on TFLite Micro, as C arrays, with parity gates against the torch model and a manifest
+that says exactly what was built."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pipeline.export.manifest import build_manifest, edge_report
 from pipeline.export.onnx_export import OPSET, export_onnx
 from pipeline.export.parity import check_gates, parity_table
 from pipeline.export.quantize import quantize_onnx_int8
-from pipeline.export.tflite import convert_tflite, tflite_io, tflite_predict
+from pipeline.export.tflite import INT16X8_NAME, convert_tflite, tflite_io, tflite_predict
 from pipeline.export.tflm import tflm_check
 from pipeline.files import sha256_file, write_json
 from pipeline.models.backbones import count_macs
@@ -35,6 +36,7 @@ from pipeline.tracking import StageRun, git_commit
 from pipeline.training import phase_items, predict_probs
 
 log = logging.getLogger(__name__)
+INT16X8_FILES = (INT16X8_NAME, "model_int16x8.cc", "model_int16x8.h")
 CONVERTERS = ("torch", "onnx", "onnxruntime", "tensorflow-cpu", "onnx2tf", "tflite-micro")
 
 
@@ -77,12 +79,17 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         onnx_int8 = quantize_onnx_int8(onnx_fp32, out / "model_int8.onnx", calibration,
                                        per_channel=q["per_channel"], method=onnx_cal["method"],
                                        percentile=onnx_cal["percentile"])
-        tflite = convert_tflite(onnx_fp32, out, calibration, per_channel=q["per_channel"])
+        tflite = convert_tflite(onnx_fp32, out, calibration, per_channel=q["per_channel"],
+                                int16x8=q["int16x8"])
+        if not q["int16x8"]:  # no stale 16x8 files from an earlier run beside the new ones
+            for name in INT16X8_FILES:
+                (out / name).unlink(missing_ok=True)
 
         sample = _batch([root / r["path"] for r in sample_rows], pp)
         labels = np.array([classes.index(taxonomy.map_fine(r["fine_class"], tax_phase))
                            for r in sample_rows])
-        tflm = tflm_check(tflite["int8"], sample[:8])
+        tflm = {kind: tflm_check(tflite[kind], sample[:8]) for kind in ("int8", "int16x8")
+                if kind in tflite}
 
         with torch.no_grad():
             reference = model.net(torch.from_numpy(sample)).numpy()
@@ -92,22 +99,33 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             "tflite_float": tflite_predict(tflite["float"], sample),
             "tflite_int8": tflite_predict(tflite["int8"], sample),
         }
+        if "int16x8" in tflite:
+            candidates["tflite_int16x8"] = tflite_predict(tflite["int16x8"], sample)
         table = parity_table(reference, candidates, labels)
-        failures = check_gates(table, q["gates"])
-        write_json(out / "parity.json", {"table": table, "gates": q["gates"], "failures": failures})
+        # The 16x8 gates only apply when that model is built.
+        gates = {k: v for k, v in q["gates"].items() if q["int16x8"] or "int16x8" not in k}
+        failures = check_gates(table, gates)
+        write_json(out / "parity.json", {"table": table, "gates": gates, "failures": failures})
         tracker.log_artifact(out / "parity.json", "parity")
         tracker.log_metrics({f"parity/{fmt}/{k}": v for fmt, row in table.items()
                              for k, v in row.items() if isinstance(v, int | float)})
 
-        write_c_array(tflite["int8"], out / "model_int8.cc", out / "model_int8.h")
         macs = count_macs(model.net, (1, 1, pp.image_size, pp.image_size))
-        latency = host_latency_ms(load_predictor(tflite["int8"]), pp.image_size)
-        edge = edge_report(tflite["int8"], tflm["arena_bytes"], macs, latency["median_ms"],
-                           latency["host"])
+        edges = {}
+        for kind in tflm:
+            write_c_array(tflite[kind], out / f"model_{kind}.cc", out / f"model_{kind}.h",
+                          symbol="g_model" if kind == "int8" else f"g_model_{kind}")
+            latency = host_latency_ms(load_predictor(tflite[kind]), pp.image_size)
+            edges[kind] = edge_report(tflite[kind], tflm[kind]["arena_bytes"], macs,
+                                      latency["median_ms"], latency["host"],
+                                      activations="int16" if kind == "int16x8" else "int8")
+        edge = edges["int8"]
         val_items = _val_probs(model, root, phase, splits, taxonomy, tax_phase)
         files = [out / n for n in ("model.onnx", "model_dynamic.onnx", "model_int8.onnx",
                                    "model_int8.tflite", "model_float.tflite", "model_int8.cc",
                                    "model_int8.h", "parity.json")]
+        if "int16x8" in tflite:
+            files += [out / n for n in INT16X8_FILES]
         manifest = build_manifest(
             files, phase=phase, class_names=classes, label_map={i: c for i, c in enumerate(classes)},
             preprocess=pp.to_dict(), source_checkpoint=str(model_dir(phase) / "model.ckpt"),
@@ -117,11 +135,15 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             input_spec=tflite_io(tflite["int8"]),
             quantization={"scheme": "per-channel" if q["per_channel"] else "per-tensor",
                           "onnx": {"tool": "onnxruntime static QDQ", "calibration": dict(onnx_cal)},
-                          "tflite": "onnx2tf full int8 (int8 input and output)"},
+                          "tflite": "onnx2tf full int8 (int8 input and output)",
+                          "tflite_int16x8": "onnx2tf 16x8: int8 weights, int16 activations, "
+                                            "input and output" if "int16x8" in tflite else None},
             calibration={"images": len(calibration), "dropped_outliers": dropped,
                          "sha256": _hash_list([sha256_file(p) for p in cal_paths])},
-            parity={"table": table, "gates": q["gates"], "failures": failures},
-            tflm={k: v for k, v in tflm.items()}, edge=edge,
+            parity={"table": table, "gates": gates, "failures": failures},
+            tflm=tflm["int8"], edge=edge,
+            int16x8={"input_spec": tflite_io(tflite["int16x8"]), "tflm": tflm["int16x8"],
+                     "edge": edges["int16x8"]} if "int16x8" in tflite else None,
             ood_threshold=calibrate_threshold(val_items) if len(val_items) else None,
         )
         write_json(out / "manifest.json", manifest)

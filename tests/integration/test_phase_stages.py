@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.files import sha256_file
 from pipeline.models.classifier import SEMClassifier
@@ -29,6 +30,10 @@ def test_every_delivering_phase_has_a_full_artifact_set(smoke_project):
         assert manifest["source_checkpoint_sha256"] == \
             sha256_file(smoke_project / "models" / phase / "model.ckpt")
         assert manifest["input_spec"]["input"]["dtype"] == "int8"
+        wide = manifest["int16x8"]
+        assert wide["input_spec"]["input"]["dtype"] == "int16" and wide["tflm"]["float_ops"] == []
+        assert wide["edge"]["flash_bytes"] == (folder / "model_int16x8.tflite").stat().st_size
+        assert "tflite_int16x8" in manifest["parity"]["table"]
     assert not (smoke_project / "artifacts" / "phase2").exists()
     assert not (smoke_project / "models" / "phase2").exists()
 
@@ -40,6 +45,19 @@ def test_phase3_model_has_the_11_class_taxonomy(smoke_project):
     real = json.loads((smoke_project / "models/phase3/real_data.json").read_text())
     assert real["source"].startswith("stand-in")
     assert real["replay_size"] > 0 and real["transfer"]["head_rows_new"] == []
+
+
+def test_delivered_weights_sit_on_the_int8_grid(smoke_project):
+    """finetune.int8_weight_grid (default on): per-channel int8 stores the weights exactly."""
+    model = SEMClassifier.load_from_checkpoint(smoke_project / "models/phase1/model.ckpt",
+                                               map_location="cpu", weights_only=True)
+    convs = [m for m in model.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for layer in convs:
+        w = layer.weight.detach().flatten(1)
+        steps = w / (w.abs().amax(1, keepdim=True) / 127)
+        assert torch.allclose(steps, steps.round(), atol=1e-3)
+    metrics = json.loads((smoke_project / "reports/models/phase1.json").read_text())
+    assert 0.0 <= metrics["int8_grid_val_top1_agreement"] <= 1.0
 
 
 def test_phase2_judges_phase1_files_unchanged(smoke_project):
@@ -69,7 +87,7 @@ def test_predict_command_agrees_across_formats(smoke_project, tmp_path):
     images = smoke_project / "data/synthetic/images/bridge"
     results = {}
     for model in ("models/phase1/model.ckpt", "artifacts/phase1/model.onnx",
-                  "artifacts/phase1/model_int8.tflite"):
+                  "artifacts/phase1/model_int8.tflite", "artifacts/phase1/model_int16x8.tflite"):
         out = tmp_path / (model.replace("/", "_") + ".csv")
         run([str(BIN / "python"), "-m", "pipeline", "predict", model, str(images), "--out",
              str(out), "--format", "submission"], smoke_project)
@@ -79,6 +97,8 @@ def test_predict_command_agrees_across_formats(smoke_project, tmp_path):
         results[model] = rows
     ckpt, onnx = results["models/phase1/model.ckpt"], results["artifacts/phase1/model.onnx"]
     assert ckpt == onnx
+    wide = results["artifacts/phase1/model_int16x8.tflite"]  # int16 input and output
+    assert [r["image_name"] for r in wide] == [r["image_name"] for r in ckpt]
 
 
 def test_evaluate_folder_command(smoke_project, tmp_path):

@@ -110,6 +110,16 @@ def test_preprocess_roundtrip_and_model_input(tmp_path):
     assert np.allclose(x[0], expected)
     normed = Normalize(pp.mean, pp.std)(torch.from_numpy(x))
     assert torch.allclose(normed, (torch.from_numpy(x) - 0.4) / 0.2)
+
+
+def test_normalize_mean_is_on_the_8bit_grid():
+    # 0.45 lies between 114/255 and 115/255: the spec snaps it, so pixel 115 normalises to 0.
+    pp = Preprocess(32, mean=0.45, std=0.25)
+    assert pp.mean == 115 / 255 and Preprocess.from_dict(pp.to_dict()) == pp
+    pixels = torch.arange(256, dtype=torch.float32).reshape(1, 1, 16, 16) / 255
+    normed = Normalize(pp.mean, pp.std)(pixels).flatten()
+    assert normed[115].abs() < 1e-6
+    assert torch.allclose(normed, (torch.arange(256) - 115) / 255 / 0.25, atol=1e-6)
     assert pp.fit_tensor(torch.rand(2, 1, 64, 64)).shape == (2, 1, 32, 32)
 
 
