@@ -122,7 +122,7 @@ def tflm_check(tflite_path: Path, sample: np.ndarray) -> dict:
                 raise RuntimeError(f"no arena size in TFLM's allocation report: {log[0][:300]}")
             arena = int(found.group(1))
     y = np.concatenate(raw).astype(np.float32)
-    step = 1.0
+    step = None  # one output quantization step, for integer outputs
     if np.issubdtype(out["dtype"], np.integer):
         step = float(out_q["scales"][0])
         y = (y - int(out_q["zero_points"][0])) * step
@@ -131,4 +131,4 @@ def tflm_check(tflite_path: Path, sample: np.ndarray) -> dict:
     # TFLM's int16 kernels may round the last bit differently from TFLite's.
     return {"arena_bytes": arena, "ops": ops["ops"], "float_ops": ops["float_ops"],
             "max_abs_diff_vs_tflite": diff, "outputs_match": diff == 0.0,
-            "max_diff_output_steps": round(diff / step) if step != 1.0 else None}
+            "max_diff_output_steps": None if step is None else round(diff / step)}
