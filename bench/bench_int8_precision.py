@@ -88,8 +88,7 @@ def main() -> None:
                             extra_options={"CalibPercentile": 99.9,
                                            "UseQDQContribOps": wide})
             logits = _onnx_logits(out, sample)
-            agree = float((logits.argmax(1) == ref.argmax(1)).mean())
-            sqnr = 10 * np.log10((ref ** 2).mean() / ((logits - ref) ** 2).mean())
+            agree, sqnr = _agreement_and_sqnr(ref, logits)
             print(f"| {label} | {100 * agree:.1f} % | {sqnr:.1f} |", flush=True)
     _delivered_on_every_split(root, phase, model, splits)
 
