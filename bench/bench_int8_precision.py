@@ -11,8 +11,10 @@ are the problem (a model question, not a calibration one).
 A second table scores the delivered artifacts (model_int8.onnx, model_int8.tflite and
 model_int16x8.tflite when built) on every image of every split: the parity sample is a few
 hundred images, where one flip moves agreement by 0.2-0.3 points; the SQNR over thousands of
-images is the steadier signal. Train and val
-hold the calibration images, so their rows are slightly optimistic.
+images is the steadier signal. Train and val hold the calibration images, so their rows are
+slightly optimistic. It also counts how many int8 flips are ties in the int8 output (two classes
+given the same int8 value, argmax taking the first): those come from the output step alone,
+which no change to the inner activations' ranges can remove.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import find_root, load_params  # noqa: E402
+from pipeline.export.parity import parity_table  # noqa: E402
 from pipeline.export.quantize import _ArrayReader, onnx_input  # noqa: E402
-from pipeline.export.tflite import INT8_NAME, INT16X8_NAME, tflite_predict  # noqa: E402
+from pipeline.export.tflite import INT8_NAME, INT16X8_NAME, tflite_io, tflite_predict  # noqa: E402
 from pipeline.models.classifier import SEMClassifier  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.stages.finetune_real import out_dir as model_dir  # noqa: E402
@@ -102,9 +105,12 @@ def _delivered_on_every_split(root: Path, phase: str, model, splits: dict) -> No
     folder = root / artifacts_dir(phase)
     print(f"\nDelivered artifacts ({folder}) against torch fp32, every split image:")
     wide = folder / INT16X8_NAME  # the 16x8 model, when quantize.int16x8 built it
+    step = tflite_io(folder / INT8_NAME)["output"]["scale"]
+    print(f"TFLite int8 output step: {step:.4f} (classes closer than this can tie)")
     print("| split | images | ONNX int8 agreement | TFLite int8 agreement | TFLite int8 SQNR (dB)"
-          " | TFLite 16x8 agreement | TFLite 16x8 SQNR (dB) | near ties (fp32 top-2 margin < 0.05)"
-          " |\n|---|---|---|---|---|---|---|---|")
+          " | TFLite int8 flips / of which output ties | TFLite 16x8 agreement"
+          " | TFLite 16x8 SQNR (dB) | near ties (fp32 top-2 margin < 0.05)"
+          " |\n|---|---|---|---|---|---|---|---|---|")
     refs, tflites, wides = [], [], []
     for split in ("train", "val", "test", "heldout"):
         images = _batch([root / r["path"] for r in splits[split]], model.pp)
@@ -117,14 +123,22 @@ def _delivered_on_every_split(root: Path, phase: str, model, splits: dict) -> No
         top2 = np.sort(ref, axis=1)[:, -2:]
         ties = float((top2[:, 1] - top2[:, 0] < 0.05).mean())
         print(f"| {split} | {len(images)} | {100 * onnx_agree:.2f} % | {_cells(ref, tflite)} | "
-              f"{wide_cells} | {100 * ties:.1f} % |", flush=True)
+              f"{_flips(ref, tflite)} | {wide_cells} | {100 * ties:.1f} % |", flush=True)
         refs.append(ref)
         tflites.append(tflite)
         wides.append(wide_logits)
     ref = np.concatenate(refs)
     wide_all = np.concatenate(wides) if wide.is_file() else None
-    print(f"| all | {len(ref)} | | {_cells(ref, np.concatenate(tflites))} | "
+    tflite_all = np.concatenate(tflites)
+    print(f"| all | {len(ref)} | | {_cells(ref, tflite_all)} | {_flips(ref, tflite_all)} | "
           f"{_cells(ref, wide_all)} | |")
+
+
+def _flips(ref: np.ndarray, logits: np.ndarray) -> str:
+    """'disagreements / of which the int8 output tied the top class' (parity_table's terms)."""
+    row = parity_table(ref, {"int8": logits}, ref.argmax(1))["int8"]
+    n = len(ref)
+    return f"{round((1 - row['top1_agreement']) * n)} / {round(row['disagreements_at_ties'] * n)}"
 
 
 def _cells(ref: np.ndarray, logits: np.ndarray | None) -> str:

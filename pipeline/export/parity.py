@@ -21,10 +21,14 @@ _METRICS = {"max_abs_diff": ("max_abs_logit_diff", False),
 def parity_table(reference_logits: np.ndarray, candidates: dict[str, np.ndarray],
                  labels: np.ndarray) -> dict:
     """{"reference": {accuracy, n}, "<format>": {max_abs_logit_diff, top1_agreement,
-    accuracy, accuracy_delta}} for logits (N, C) on the same N images with `labels` (N,).
+    accuracy, accuracy_delta, top1_ties, disagreements_at_ties}} for logits (N, C) on the same
+    N images with `labels` (N,).
 
     max_abs_logit_diff is reported for every format; for int8 ones it is the dequantized
-    difference, expected to be far larger than for float formats.
+    difference, expected to be far larger than for float formats. top1_ties is the share of
+    images whose top score two or more classes share: an int8 output cannot order classes
+    closer than one step, and argmax then takes the first. disagreements_at_ties is the share
+    that both disagrees with the reference and is such a tie (the rest are reorderings).
     """
     ref = np.asarray(reference_logits, dtype=np.float64)
     labels = np.asarray(labels)
@@ -39,9 +43,12 @@ def parity_table(reference_logits: np.ndarray, candidates: dict[str, np.ndarray]
             raise ValueError(f"{name}: logits {logits.shape}, reference {ref.shape}")
         pred = logits.argmax(1)
         acc = float((pred == labels).mean())
+        tied = (logits == logits.max(1, keepdims=True)).sum(1) > 1
         table[name] = {"max_abs_logit_diff": float(np.abs(logits - ref).max()),
                        "top1_agreement": float((pred == ref_pred).mean()),
-                       "accuracy": acc, "accuracy_delta": acc - ref_acc}
+                       "accuracy": acc, "accuracy_delta": acc - ref_acc,
+                       "top1_ties": float(tied.mean()),
+                       "disagreements_at_ties": float((tied & (pred != ref_pred)).mean())}
     return table
 
 

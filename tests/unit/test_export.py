@@ -221,6 +221,17 @@ def test_parity_table_values_and_gate_messages():
     assert check_gates(table, {"onnx_fp32_max_abs_diff": 1e-6}) != []
 
 
+def test_parity_table_tells_int8_ties_from_reorderings():
+    ref = np.array([[2.0, 1.9, 0.0], [0.0, 1.9, 2.0], [2.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    # Quantized on a 0.25 grid: images 0 and 1 tie at the top; argmax takes the first class,
+    # which flips image 1 but not image 0. Image 3 is reordered without a tie.
+    quant = np.array([[2.0, 2.0, 0.0], [0.0, 2.0, 2.0], [2.0, 0.0, 1.0], [0.0, 2.25, 2.0]])
+    row = parity_table(ref, {"tflite_int8": quant}, np.array([0, 2, 0, 2]))["tflite_int8"]
+    assert row["top1_agreement"] == pytest.approx(0.5)
+    assert row["top1_ties"] == pytest.approx(0.5)
+    assert row["disagreements_at_ties"] == pytest.approx(0.25)
+
+
 def test_gates_with_unknown_names_are_user_errors():
     table = parity_table(np.eye(2), {"onnx_fp32": np.eye(2)}, np.array([0, 1]))
     with pytest.raises(UserError, match="matches no exported format"):
