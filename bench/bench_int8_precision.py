@@ -20,6 +20,7 @@ which no change to the inner activations' ranges can remove.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +38,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import find_root, load_params  # noqa: E402
+from pipeline.export.onnx_export import export_onnx  # noqa: E402
+from pipeline.export.output_code import OutputCode, coded_net  # noqa: E402
 from pipeline.export.parity import parity_table  # noqa: E402
 from pipeline.export.quantize import _ArrayReader, onnx_input  # noqa: E402
 from pipeline.export.tflite import INT8_NAME, INT16X8_NAME, tflite_io, tflite_predict  # noqa: E402
@@ -74,12 +77,19 @@ def main() -> None:
     sample = _batch([root / r["path"] for r in sample_rows], model.pp)
     with torch.no_grad():
         ref = model.net(torch.from_numpy(sample)).numpy()
-    fp32 = root / artifacts_dir(phase) / "model.onnx"
-    name, _ = onnx_input(fp32)
+    folder = root / artifacts_dir(phase)
+    code = delivered_output_code(folder)
     print(f"{phase}: {model.hparams.backbone}, {len(cal)} calibration and {len(sample)} test "
-          "images, onnxruntime static QDQ, per-channel weights")
+          "images, onnxruntime static QDQ, per-channel weights, output "
+          f"{'code ' + str(code) if code else 'plain int8 logits'}")
     print("| activations / weights | top-1 agreement | logit SQNR (dB) |\n|---|---|---|")
+    decode = code.decode if code else np.asarray
     with tempfile.TemporaryDirectory() as tmp_str:
+        # The integer models' source: the fp32 network with the delivered output code.
+        fp32 = folder / "model.onnx" if code is None else export_onnx(
+            coded_net(model.net, code, model.pp.image_size), model.pp.image_size,
+            Path(tmp_str) / "edge.onnx", metadata={})
+        name, _ = onnx_input(fp32)
         prep = Path(tmp_str) / "prep.onnx"
         quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
         for label, (act, weight, method) in VARIANTS.items():
@@ -90,10 +100,17 @@ def main() -> None:
                             activation_type=act, weight_type=weight, calibrate_method=method,
                             extra_options={"CalibPercentile": 99.9,
                                            "UseQDQContribOps": wide})
-            logits = _onnx_logits(out, sample)
+            logits = decode(_onnx_logits(out, sample))
             agree, sqnr = _agreement_and_sqnr(ref, logits)
             print(f"| {label} | {100 * agree:.1f} % | {sqnr:.1f} |", flush=True)
-    _delivered_on_every_split(root, phase, model, splits)
+    _delivered_on_every_split(folder, model, splits, decode)
+
+
+def delivered_output_code(folder: Path) -> OutputCode | None:
+    """The output code the quantize stage recorded in the folder's manifest, if any."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    code = manifest.get("output_code")
+    return OutputCode.from_dict(code, str(folder / "manifest.json")) if code else None
 
 
 def _agreement_and_sqnr(ref: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
@@ -101,12 +118,13 @@ def _agreement_and_sqnr(ref: np.ndarray, logits: np.ndarray) -> tuple[float, flo
     return agree, float(10 * np.log10((ref ** 2).mean() / ((logits - ref) ** 2).mean()))
 
 
-def _delivered_on_every_split(root: Path, phase: str, model, splits: dict) -> None:
-    folder = root / artifacts_dir(phase)
+def _delivered_on_every_split(folder: Path, model, splits: dict, decode) -> None:
+    root = find_root()
     print(f"\nDelivered artifacts ({folder}) against torch fp32, every split image:")
     wide = folder / INT16X8_NAME  # the 16x8 model, when quantize.int16x8 built it
-    step = tflite_io(folder / INT8_NAME)["output"]["scale"]
-    print(f"TFLite int8 output step: {step:.4f} (classes closer than this can tie)")
+    code = delivered_output_code(folder)
+    step = code.logit_step if code else tflite_io(folder / INT8_NAME)["output"]["scale"]
+    print(f"TFLite int8 output step: {step:.4f} logits (classes closer than this can tie)")
     print("| split | images | ONNX int8 agreement | TFLite int8 agreement | TFLite int8 SQNR (dB)"
           " | TFLite int8 flips / of which output ties | TFLite 16x8 agreement"
           " | TFLite 16x8 SQNR (dB) | near ties (fp32 top-2 margin < 0.05)"
@@ -116,9 +134,10 @@ def _delivered_on_every_split(root: Path, phase: str, model, splits: dict) -> No
         images = _batch([root / r["path"] for r in splits[split]], model.pp)
         with torch.no_grad():
             ref = model.net(torch.from_numpy(images)).numpy()
-        onnx_agree, _ = _agreement_and_sqnr(ref, _onnx_logits(folder / "model_int8.onnx", images))
-        tflite = tflite_predict(folder / INT8_NAME, images)
-        wide_logits = tflite_predict(wide, images) if wide.is_file() else None
+        onnx_int8 = decode(_onnx_logits(folder / "model_int8.onnx", images))
+        onnx_agree, _ = _agreement_and_sqnr(ref, onnx_int8)
+        tflite = decode(tflite_predict(folder / INT8_NAME, images))
+        wide_logits = decode(tflite_predict(wide, images)) if wide.is_file() else None
         wide_cells = _cells(ref, wide_logits)
         top2 = np.sort(ref, axis=1)[:, -2:]
         ties = float((top2[:, 1] - top2[:, 0] < 0.05).mean())

@@ -15,7 +15,6 @@ and the 16x8 model).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -30,10 +29,12 @@ from pipeline.data.datamodule import SEMDataModule  # noqa: E402
 from pipeline.data.images import read_gray8  # noqa: E402
 from pipeline.evaluate.inference import host_latency_ms, load_predictor  # noqa: E402
 from pipeline.export.onnx_export import export_onnx  # noqa: E402
+from pipeline.export.output_code import edge_network  # noqa: E402
 from pipeline.export.tflite import convert_tflite, tflite_predict  # noqa: E402
 from pipeline.export.tflm import tflm_check  # noqa: E402
 from pipeline.models.backbones import count_macs, count_params  # noqa: E402
 from pipeline.models.classifier import SEMClassifier  # noqa: E402
+from pipeline.models.equalize import equalizable, equalize_activation_ranges  # noqa: E402
 from pipeline.models.int8_grid import snap_weights_to_int8_grid  # noqa: E402
 from pipeline.models.preprocess import Preprocess  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
@@ -91,21 +92,26 @@ def pareto(root: Path, students: list[str], epochs: int) -> list[dict]:
                                    seed=0)
                 model = fit(model, dm, trainer_cfg=cfg["trainer"], max_epochs=epochs,
                             patience=epochs, out_file=tmp / "m.ckpt", progress=False).model
+            model.eval()
+            if epochs:  # finetune_real's delivery steps
+                if cfg["finetune"]["int8_equalize_images"] and equalizable(model.net):
+                    equalize_activation_ranges(model.net, [torch.from_numpy(cal)])
                 if cfg["finetune"]["int8_weight_grid"]:
                     snap_weights_to_int8_grid(model.net)
-            model.eval()
-            onnx = export_onnx(model.net, size, tmp / "model.onnx",
-                               metadata={"class_names": json.dumps(classes),
-                                         "preprocess": json.dumps(pp.to_dict())})
+            # quantize's: the integer models carry the output code
+            edge, code = edge_network(model.net, cal, **cfg["quantize"]["output_code"])
+            onnx = export_onnx(edge, size, tmp / "model.onnx", metadata={})
             tfl = convert_tflite(onnx, tmp, cal, int16x8=wide)
             arena = tflm_check(tfl["int8"], cal[:2])["arena_bytes"]
             with torch.no_grad():
                 fp32 = model.net(torch.from_numpy(test)).argmax(1).numpy()
-            int8 = tflite_predict(tfl["int8"], test).argmax(1)
-            int16x8 = tflite_predict(tfl["int16x8"], test).argmax(1) if wide else None
-            latency = host_latency_ms(load_predictor(tfl["int8"]), size)["median_ms"]
+            decode = code.decode if code else np.asarray
+            int8 = decode(tflite_predict(tfl["int8"], test)).argmax(1)
+            int16x8 = decode(tflite_predict(tfl["int16x8"], test)).argmax(1) if wide else None
+            latency = host_latency_ms(load_predictor(tfl["int8"], (classes, pp, code)),
+                                      size)["median_ms"]
             rows.append({"student": spec, "params": count_params(model.net),
-                         "macs_M": count_macs(model.net, (1, 1, size, size)) / 1e6,
+                         "macs_M": count_macs(edge, (1, 1, size, size)) / 1e6,
                          "flash_KB": tfl["int8"].stat().st_size / 1024, "arena_KB": arena / 1024,
                          "latency_ms": latency,
                          "acc_fp32": float((fp32 == labels).mean()) if epochs else None,

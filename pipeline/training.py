@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pipeline.data.datamodule import ImageDataset, SEMDataModule
@@ -23,6 +24,7 @@ from pipeline.evaluate.metrics import classification_metrics
 from pipeline.files import write_bytes
 from pipeline.models.classifier import SEMClassifier
 from pipeline.models.losses import class_weights_from_counts
+from pipeline.models.preprocess import Preprocess
 from pipeline.taxonomy import Taxonomy
 
 Items = list[tuple[str, int]]
@@ -128,12 +130,17 @@ def _save_checkpoint(ckpt: dict, out_file: Path) -> None:
     write_bytes(out_file, buffer.getvalue())
 
 
+def image_batches(items: Items, pp: Preprocess, batch_size: int = 64) -> Iterator[Tensor]:
+    """Model-input batches for items: the model's own preprocessing, no augmentation."""
+    loader = DataLoader(ImageDataset(items, pp.image_size), batch_size=batch_size)
+    return (x for x, _ in loader)
+
+
 @torch.no_grad()
 def predict_logits(model: SEMClassifier, items: Items, batch_size: int = 64) -> np.ndarray:
     """Logits for items, with the model's own preprocessing, no augmentation."""
     model.eval()
-    loader = DataLoader(ImageDataset(items, model.pp.image_size), batch_size=batch_size)
-    out = [model(x).numpy() for x, _ in loader]
+    out = [model(x).numpy() for x in image_batches(items, model.pp, batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.hparams.num_classes), np.float32)
 
 

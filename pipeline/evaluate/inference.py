@@ -9,6 +9,8 @@ Where the contract (class names + preprocess) comes from:
 - .onnx: the file's metadata_props (written by `export_onnx`), else as for .tflite;
 - .tflite: `manifest.json` in the same folder (keys "class_names", "preprocess", written by
   the quantize stage), else the metadata of a sibling `model.onnx`.
+The same source may hold "output_code": integer models whose output has the code's width
+(tiles x classes, pipeline.export.output_code) are decoded to logits before the softmax.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
+from pipeline.export.output_code import OutputCode
 from pipeline.models.preprocess import Preprocess
 
 FORMATS = {".ckpt": "torch", ".onnx": "onnx", ".tflite": "tflite"}
@@ -55,11 +58,13 @@ class _Predictor:
 
     fmt = ""
 
-    def __init__(self, path: Path, class_names: Sequence[str], pp: Preprocess) -> None:
+    def __init__(self, path: Path, class_names: Sequence[str], pp: Preprocess,
+                 code: OutputCode | None = None) -> None:
         self.path = Path(path)
         self.class_names = list(class_names)
         self.pp = pp
         self.image_size = pp.image_size
+        self.code = code
 
     def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 (H, W) images of any size → (N, C) float32 softmax probabilities."""
@@ -70,6 +75,8 @@ class _Predictor:
         if not chunks:
             return np.zeros((0, len(self.class_names)), np.float32)
         logits = np.concatenate(chunks).astype(np.float32)
+        if self.code is not None and logits.shape[1] == self.code.outputs:
+            logits = self.code.decode(logits)
         if logits.shape[1] != len(self.class_names):
             raise UserError(f"{self.path} outputs {logits.shape[1]} scores but names "
                             f"{len(self.class_names)} classes; re-export the model")
@@ -97,10 +104,10 @@ class TorchPredictor(_Predictor):
 class OnnxPredictor(_Predictor):
     fmt = "onnx"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, contract: tuple | None = None) -> None:
         import onnxruntime as ort
 
-        super().__init__(path, *_contract(Path(path)))
+        super().__init__(path, *(contract or _contract(Path(path))))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1  # like the TFLite interpreter: comparable latencies
         self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -120,12 +127,12 @@ class TFLitePredictor(_Predictor):
 
     fmt = "tflite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, contract: tuple | None = None) -> None:
         # One interpreter for the predictor's life: `tflite_predict` builds one per call,
         # which would dominate batch-1 latency.
         from pipeline.export.tflite import load_interpreter
 
-        super().__init__(path, *_contract(Path(path)))
+        super().__init__(path, *(contract or _contract(Path(path))))
         self._it = load_interpreter(Path(path))
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
@@ -137,8 +144,12 @@ class TFLitePredictor(_Predictor):
 _PREDICTORS = {"torch": TorchPredictor, "onnx": OnnxPredictor, "tflite": TFLitePredictor}
 
 
-def load_predictor(model_path: str | Path) -> Predictor:
-    """A Predictor for a .ckpt, .onnx or .tflite file; UserError for a missing file or suffix."""
+def load_predictor(model_path: str | Path, contract: tuple | None = None) -> Predictor:
+    """A Predictor for a .ckpt, .onnx or .tflite file; UserError for a missing file or suffix.
+
+    `contract`: (class names, Preprocess, output code) for an exported file whose manifest
+    is not written yet (the quantize stage); by default it is read as the module doc says.
+    """
     path = Path(model_path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -146,11 +157,14 @@ def load_predictor(model_path: str | Path) -> Predictor:
                         f"give a {', '.join(FORMATS)} file")
     if not path.is_file():
         raise UserError(f"model {path} not found; check the path or build it (dvc repro)")
+    if contract is not None and fmt != "torch":
+        return _PREDICTORS[fmt](path, contract)
     return _PREDICTORS[fmt](path)
 
 
-def _contract(path: Path) -> tuple[list[str], Preprocess]:
-    """(class names, Preprocess) of an exported model, from the sources in the module doc."""
+def _contract(path: Path) -> tuple[list[str], Preprocess, OutputCode | None]:
+    """(class names, Preprocess, output code) of an exported model, from the sources in the
+    module doc."""
     from pipeline.export.onnx_export import read_metadata
 
     sources: list[tuple[Path, dict]] = []
@@ -172,7 +186,9 @@ def _contract(path: Path) -> tuple[list[str], Preprocess]:
             if not isinstance(names, list) or not isinstance(pp, dict):
                 raise UserError(f"{source}: 'class_names' must be a list and 'preprocess' a "
                                 "mapping; re-export the model")
-            return [str(n) for n in names], Preprocess.from_dict(pp)
+            code = meta.get("output_code")
+            code = OutputCode.from_dict(_json_value(code), str(source)) if code else None
+            return [str(n) for n in names], Preprocess.from_dict(pp), code
     raise UserError(f"model {path}: no class names and preprocess found (looked in "
                     f"{'its metadata, ' if path.suffix.lower() == '.onnx' else ''}"
                     f"{manifest} and {sibling}); keep the model in the folder the quantize "

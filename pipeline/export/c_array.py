@@ -11,9 +11,11 @@ _BYTES_PER_LINE = 12
 _SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def write_c_array(tflite_path: Path, cc_path: Path, h_path: Path, symbol: str = "g_model") -> None:
+def write_c_array(tflite_path: Path, cc_path: Path, h_path: Path, symbol: str = "g_model",
+                  declarations: str = "") -> None:
     """Write `<symbol>[]` (16-byte aligned, as TFLM requires) and `<symbol>_len`.
 
+    `declarations`: more C++ for the header (e.g. output_code.c_decoder's functions).
     The .cc includes the header by file name, so keep both in the same directory.
     """
     if not _SYMBOL_RE.fullmatch(symbol):
@@ -24,7 +26,8 @@ def write_c_array(tflite_path: Path, cc_path: Path, h_path: Path, symbol: str = 
     source = f"generated from {Path(tflite_path).name} ({len(data)} bytes); do not edit"
     write_text(h_path, f"// {source}\n#ifndef {guard}\n#define {guard}\n\n"
                        f"extern const unsigned char {symbol}[];\n"
-                       f"extern const int {symbol}_len;\n\n#endif  // {guard}\n")
+                       f"extern const int {symbol}_len;\n\n"
+                       f"{declarations + chr(10) if declarations else ''}#endif  // {guard}\n")
     rows = (", ".join(f"0x{b:02x}" for b in data[i: i + _BYTES_PER_LINE])
             for i in range(0, len(data), _BYTES_PER_LINE))
     body = ",\n    ".join(rows)

@@ -25,6 +25,7 @@ from pipeline.data.real import (
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, write_csv, write_json
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
+from pipeline.models.equalize import equalizable, equalize_activation_ranges
 from pipeline.models.int8_grid import snap_weights_to_int8_grid
 from pipeline.models.surgery import head_row_sources, transfer_weights
 from pipeline.stages.common import load_splits, model_facts, report_model, seed_everything
@@ -36,6 +37,7 @@ from pipeline.training import (
     Items,
     evaluate_sets,
     fit,
+    image_batches,
     loss_config,
     phase_items,
     predict_probs,
@@ -109,7 +111,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                                       start=ft["init"], teacher_ckpt=teacher_ckpt)
             result = _fit(cfg, model, train + pseudo, val, replay, target / "model.ckpt",
                           synthetic_val=synthetic_val, logger=tracker.lightning_logger())
-        grid_facts = _snap_to_int8_grid(result, val) if ft["int8_weight_grid"] else {}
+        grid_facts = _prepare_for_int8(ft, result, val, train + synthetic_train)
 
         sets = {"val": val, "synthetic_test": phase_items(splits["test"], root, taxonomy, tax_phase)}
         if data_report["source"] == STANDIN:
@@ -221,14 +223,27 @@ def _fit(cfg, model, train, val, replay, out_file, *, synthetic_val, logger):
                patience=ft["early_stopping_patience"], out_file=out_file, logger=logger)
 
 
-def _snap_to_int8_grid(result, val: Items) -> dict:
-    """Deliver weights that per-channel int8 stores exactly (see pipeline.models.int8_grid);
-    returns the share of val predictions that kept their class: the cost of snapping."""
+def _prepare_for_int8(ft: dict, result, val: Items, calibration: Items) -> dict:
+    """Equalize activation ranges (plain CNNs) and round weights to the int8 grid, in the
+    model and its checkpoint, as `ft` asks. Returns the share of val predictions that kept
+    their class (equalizing is exact; rounding is the cost) and the equalized blocks'
+    median channel range before equalizing, as a share of the block's maximum."""
+    net, facts = result.model.eval().net, {}
+    if not (ft["int8_equalize_images"] and equalizable(net)) and not ft["int8_weight_grid"]:
+        return {}
     before = predict_probs(result.model, val).argmax(1)
-    snap_weights_to_int8_grid(result.model.net)
+    if ft["int8_equalize_images"] and equalizable(net):
+        rng = np.random.default_rng(ft["seed"])
+        pick = rng.choice(len(calibration), min(ft["int8_equalize_images"], len(calibration)),
+                          replace=False)
+        images = [calibration[i] for i in sorted(pick.tolist())]
+        shares = equalize_activation_ranges(net, image_batches(images, result.model.pp))
+        facts.update({f"equalize_block{i}_median_channel_share": v for i, v in enumerate(shares)})
+    if ft["int8_weight_grid"]:
+        snap_weights_to_int8_grid(net)
     replace_weights(result.model, result.checkpoint)
     after = predict_probs(result.model, val).argmax(1)
-    return {"int8_grid_val_top1_agreement": float((before == after).mean())}
+    return {"int8_grid_val_top1_agreement": float((before == after).mean()), **facts}
 
 
 def _pseudo_labels(model: SEMClassifier, folder: str, threshold: float) -> Items:

@@ -1,7 +1,8 @@
 """quantize@<phase>: the phase's delivered model as ONNX fp32 (static batch 1 and dynamic),
 ONNX int8, TFLite int8 (int8 in/out) and float, optionally TFLite 16x8 (int16 activations),
 checked on TFLite Micro, as C arrays, with parity gates against the torch model and a manifest
-that says exactly what was built."""
+that says exactly what was built. The integer and TFLite models end in the output code
+(pipeline.export.output_code) unless quantize.output_code.logit_step is null."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from pipeline.evaluate.ood import calibrate_threshold
 from pipeline.export.c_array import write_c_array
 from pipeline.export.manifest import build_manifest, edge_report
 from pipeline.export.onnx_export import OPSET, export_onnx
+from pipeline.export.output_code import c_decoder, check_output_span, edge_network
 from pipeline.export.parity import check_gates, parity_table
 from pipeline.export.quantize import quantize_onnx_int8
 from pipeline.export.tflite import INT16X8_NAME, convert_tflite, tflite_io, tflite_predict
@@ -75,12 +78,24 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         if len(calibration) < q["warn_below"]:
             log.warning("only %d calibration images (< %d): int8 ranges may be poor",
                         len(calibration), q["warn_below"])
+        edge_net, code = edge_network(model.net, calibration, **q["output_code"])
         onnx_cal = q["onnx_calibration"]
-        onnx_int8 = quantize_onnx_int8(onnx_fp32, out / "model_int8.onnx", calibration,
-                                       per_channel=q["per_channel"], method=onnx_cal["method"],
-                                       percentile=onnx_cal["percentile"])
-        tflite = convert_tflite(onnx_fp32, out, calibration, per_channel=q["per_channel"],
-                                int16x8=q["int16x8"])
+        with tempfile.TemporaryDirectory(prefix="edge_") as tmp:
+            # The integer models share one source: the fp32 net with the coded output layer.
+            edge_onnx = onnx_fp32 if code is None else export_onnx(
+                edge_net, pp.image_size, Path(tmp) / "model_edge.onnx",
+                metadata={**metadata, "output_code": json.dumps(code.to_dict())})
+            onnx_int8 = quantize_onnx_int8(edge_onnx, out / "model_int8.onnx", calibration,
+                                           per_channel=q["per_channel"],
+                                           method=onnx_cal["method"],
+                                           percentile=onnx_cal["percentile"])
+            tflite = convert_tflite(edge_onnx, out, calibration, per_channel=q["per_channel"],
+                                    int16x8=q["int16x8"])
+        if code is not None:
+            for kind in ("int8", "int16x8"):
+                if kind in tflite:
+                    check_output_span(tflite_io(tflite[kind])["output"], tflite[kind])
+        decode = code.decode if code is not None else np.asarray
         if not q["int16x8"]:  # no stale 16x8 files from an earlier run beside the new ones
             for name in INT16X8_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -95,12 +110,12 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             reference = model.net(torch.from_numpy(sample)).numpy()
         candidates = {
             "onnx_fp32": _onnx_logits(onnx_fp32, sample),
-            "onnx_int8": _onnx_logits(onnx_int8, sample),
-            "tflite_float": tflite_predict(tflite["float"], sample),
-            "tflite_int8": tflite_predict(tflite["int8"], sample),
+            "onnx_int8": decode(_onnx_logits(onnx_int8, sample)),
+            "tflite_float": decode(tflite_predict(tflite["float"], sample)),
+            "tflite_int8": decode(tflite_predict(tflite["int8"], sample)),
         }
         if "int16x8" in tflite:
-            candidates["tflite_int16x8"] = tflite_predict(tflite["int16x8"], sample)
+            candidates["tflite_int16x8"] = decode(tflite_predict(tflite["int16x8"], sample))
         table = parity_table(reference, candidates, labels)
         # The 16x8 gates only apply when that model is built.
         gates = {k: v for k, v in q["gates"].items() if q["int16x8"] or "int16x8" not in k}
@@ -110,12 +125,15 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         tracker.log_metrics({f"parity/{fmt}/{k}": v for fmt, row in table.items()
                              for k, v in row.items() if isinstance(v, int | float)})
 
-        macs = count_macs(model.net, (1, 1, pp.image_size, pp.image_size))
+        macs = count_macs(edge_net, (1, 1, pp.image_size, pp.image_size))
         edges = {}
         for kind in tflm:
-            write_c_array(tflite[kind], out / f"model_{kind}.cc", out / f"model_{kind}.h",
-                          symbol="g_model" if kind == "int8" else f"g_model_{kind}")
-            latency = host_latency_ms(load_predictor(tflite[kind]), pp.image_size)
+            symbol = "g_model" if kind == "int8" else f"g_model_{kind}"
+            write_c_array(tflite[kind], out / f"model_{kind}.cc", out / f"model_{kind}.h", symbol,
+                          c_decoder(code, symbol, tflite_io(tflite[kind])["output"]) if code
+                          else "")
+            latency = host_latency_ms(load_predictor(tflite[kind], (classes, pp, code)),
+                                      pp.image_size)
             edges[kind] = edge_report(tflite[kind], tflm[kind]["arena_bytes"], macs,
                                       latency["median_ms"], latency["host"],
                                       activations="int16" if kind == "int16x8" else "int8")
@@ -133,6 +151,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             git_commit=git_commit(root), params_hash=params_hash(cfg), onnx_opset=OPSET,
             converters={name: _version(name) for name in CONVERTERS},
             input_spec=tflite_io(tflite["int8"]),
+            output_code=code.to_dict() if code is not None else None,
             quantization={"scheme": "per-channel" if q["per_channel"] else "per-tensor",
                           "onnx": {"tool": "onnxruntime static QDQ", "calibration": dict(onnx_cal)},
                           "tflite": "onnx2tf full int8 (int8 input and output)",

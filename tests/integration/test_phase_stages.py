@@ -34,6 +34,11 @@ def test_every_delivering_phase_has_a_full_artifact_set(smoke_project):
         assert wide["input_spec"]["input"]["dtype"] == "int16" and wide["tflm"]["float_ops"] == []
         assert wide["edge"]["flash_bytes"] == (folder / "model_int16x8.tflite").stat().st_size
         assert "tflite_int16x8" in manifest["parity"]["table"]
+        # The integer models output the code (quantize.output_code), decoded by the header.
+        code = manifest["output_code"]
+        assert code["tiles"] >= 2 and code["classes"] == len(manifest["class_names"])
+        assert manifest["input_spec"]["output"]["shape"] == [1, code["tiles"] * code["classes"]]
+        assert "inline int g_model_top1(const int8_t* out)" in (folder / "model_int8.h").read_text()
     assert not (smoke_project / "artifacts" / "phase2").exists()
     assert not (smoke_project / "models" / "phase2").exists()
 
@@ -48,7 +53,8 @@ def test_phase3_model_has_the_11_class_taxonomy(smoke_project):
 
 
 def test_delivered_weights_sit_on_the_int8_grid(smoke_project):
-    """finetune.int8_weight_grid (default on): per-channel int8 stores the weights exactly."""
+    """finetune.int8_weight_grid (default on): per-channel int8 stores the weights exactly,
+    after finetune.int8_equalize_images evened the blocks' activation ranges."""
     model = SEMClassifier.load_from_checkpoint(smoke_project / "models/phase1/model.ckpt",
                                                map_location="cpu", weights_only=True)
     convs = [m for m in model.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
@@ -58,6 +64,8 @@ def test_delivered_weights_sit_on_the_int8_grid(smoke_project):
         assert torch.allclose(steps, steps.round(), atol=1e-3)
     metrics = json.loads((smoke_project / "reports/models/phase1.json").read_text())
     assert 0.0 <= metrics["int8_grid_val_top1_agreement"] <= 1.0
+    # finetune.int8_equalize_images: the edge_cnn student's blocks were equalized first.
+    assert 0.0 < metrics["equalize_block0_median_channel_share"] <= 1.0
 
 
 def test_phase2_judges_phase1_files_unchanged(smoke_project):
