@@ -24,10 +24,10 @@ def write_c_array(tflite_path: Path, cc_path: Path, h_path: Path, symbol: str = 
     h_path, cc_path = Path(h_path), Path(cc_path)
     guard = re.sub(r"\W", "_", h_path.name).upper() + "_"
     source = f"generated from {Path(tflite_path).name} ({len(data)} bytes); do not edit"
+    extra = declarations + "\n" if declarations else ""
     write_text(h_path, f"// {source}\n#ifndef {guard}\n#define {guard}\n\n"
                        f"extern const unsigned char {symbol}[];\n"
-                       f"extern const int {symbol}_len;\n\n"
-                       f"{declarations + chr(10) if declarations else ''}#endif  // {guard}\n")
+                       f"extern const int {symbol}_len;\n\n{extra}#endif  // {guard}\n")
     rows = (", ".join(f"0x{b:02x}" for b in data[i: i + _BYTES_PER_LINE])
             for i in range(0, len(data), _BYTES_PER_LINE))
     body = ",\n    ".join(rows)
