@@ -103,7 +103,7 @@ def main() -> None:
             logits = decode(_onnx_logits(out, sample))
             agree, sqnr = _agreement_and_sqnr(ref, logits)
             print(f"| {label} | {100 * agree:.1f} % | {sqnr:.1f} |", flush=True)
-    _delivered_on_every_split(folder, model, splits, decode)
+    _delivered_on_every_split(root, folder, model, splits, code)
 
 
 def delivered_output_code(folder: Path) -> OutputCode | None:
@@ -118,11 +118,11 @@ def _agreement_and_sqnr(ref: np.ndarray, logits: np.ndarray) -> tuple[float, flo
     return agree, float(10 * np.log10((ref ** 2).mean() / ((logits - ref) ** 2).mean()))
 
 
-def _delivered_on_every_split(folder: Path, model, splits: dict, decode) -> None:
-    root = find_root()
+def _delivered_on_every_split(root: Path, folder: Path, model, splits: dict,
+                              code: OutputCode | None) -> None:
     print(f"\nDelivered artifacts ({folder}) against torch fp32, every split image:")
     wide = folder / INT16X8_NAME  # the 16x8 model, when quantize.int16x8 built it
-    code = delivered_output_code(folder)
+    decode = code.decode if code else np.asarray
     step = code.logit_step if code else tflite_io(folder / INT8_NAME)["output"]["scale"]
     print(f"TFLite int8 output step: {step:.4f} logits (classes closer than this can tie)")
     print("| split | images | ONNX int8 agreement | TFLite int8 agreement | TFLite int8 SQNR (dB)"

@@ -229,10 +229,11 @@ def _prepare_for_int8(ft: dict, result, val: Items, calibration: Items) -> dict:
     their class (equalizing is exact; rounding is the cost) and the equalized blocks'
     median channel range before equalizing, as a share of the block's maximum."""
     net, facts = result.model.eval().net, {}
-    if not (ft["int8_equalize_images"] and equalizable(net)) and not ft["int8_weight_grid"]:
+    equalize = bool(ft["int8_equalize_images"]) and equalizable(net)
+    if not equalize and not ft["int8_weight_grid"]:
         return {}
     before = predict_probs(result.model, val).argmax(1)
-    if ft["int8_equalize_images"] and equalizable(net):
+    if equalize:
         rng = np.random.default_rng(ft["seed"])
         pick = rng.choice(len(calibration), min(ft["int8_equalize_images"], len(calibration)),
                           replace=False)
