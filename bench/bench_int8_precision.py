@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import find_root, load_params  # noqa: E402
 from pipeline.export.onnx_export import export_onnx  # noqa: E402
-from pipeline.export.output_code import OutputCode, coded_net  # noqa: E402
+from pipeline.export.output_code import OutputCode, coded_net, decoder  # noqa: E402
 from pipeline.export.parity import parity_table  # noqa: E402
 from pipeline.export.quantize import _ArrayReader, onnx_input  # noqa: E402
 from pipeline.export.tflite import INT8_NAME, INT16X8_NAME, tflite_io, tflite_predict  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
           "images, onnxruntime static QDQ, per-channel weights, output "
           f"{'code ' + str(code) if code else 'plain int8 logits'}")
     print("| activations / weights | top-1 agreement | logit SQNR (dB) |\n|---|---|---|")
-    decode = code.decode if code else np.asarray
+    decode = decoder(code)
     with tempfile.TemporaryDirectory() as tmp_str:
         # The integer models' source: the fp32 network with the delivered output code.
         fp32 = folder / "model.onnx" if code is None else export_onnx(
@@ -122,7 +122,7 @@ def _delivered_on_every_split(root: Path, folder: Path, model, splits: dict,
                               code: OutputCode | None) -> None:
     print(f"\nDelivered artifacts ({folder}) against torch fp32, every split image:")
     wide = folder / INT16X8_NAME  # the 16x8 model, when quantize.int16x8 built it
-    decode = code.decode if code else np.asarray
+    decode = decoder(code)
     step = code.logit_step if code else tflite_io(folder / INT8_NAME)["output"]["scale"]
     print(f"TFLite int8 output step: {step:.4f} logits (classes closer than this can tie)")
     print("| split | images | ONNX int8 agreement | TFLite int8 agreement | TFLite int8 SQNR (dB)"

@@ -29,7 +29,7 @@ from pipeline.data.datamodule import SEMDataModule  # noqa: E402
 from pipeline.data.images import read_gray8  # noqa: E402
 from pipeline.evaluate.inference import host_latency_ms, load_predictor  # noqa: E402
 from pipeline.export.onnx_export import export_onnx  # noqa: E402
-from pipeline.export.output_code import edge_network  # noqa: E402
+from pipeline.export.output_code import decoder, edge_network  # noqa: E402
 from pipeline.export.tflite import convert_tflite, tflite_predict  # noqa: E402
 from pipeline.export.tflm import tflm_check  # noqa: E402
 from pipeline.models.backbones import count_macs, count_params  # noqa: E402
@@ -105,7 +105,7 @@ def pareto(root: Path, students: list[str], epochs: int) -> list[dict]:
             arena = tflm_check(tfl["int8"], cal[:2])["arena_bytes"]
             with torch.no_grad():
                 fp32 = model.net(torch.from_numpy(test)).argmax(1).numpy()
-            decode = code.decode if code else np.asarray
+            decode = decoder(code)
             int8 = decode(tflite_predict(tfl["int8"], test)).argmax(1)
             int16x8 = decode(tflite_predict(tfl["int16x8"], test)).argmax(1) if wide else None
             latency = host_latency_ms(load_predictor(tfl["int8"], (classes, pp, code)),

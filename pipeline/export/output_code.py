@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -70,6 +71,11 @@ class OutputCode:
         if code.classes < 1 or code.tiles < 2 or not code.width > 0:
             raise UserError(f"{source}: output_code {d} is not a valid code; re-export the model")
         return code
+
+
+def decoder(code: OutputCode | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Outputs → logits: `code.decode`, or the outputs unchanged for plain int8 logits."""
+    return code.decode if code is not None else np.asarray
 
 
 def fit_output_code(logits: np.ndarray, logit_step: float, margin: float) -> OutputCode:

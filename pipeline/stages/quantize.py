@@ -24,7 +24,7 @@ from pipeline.evaluate.ood import calibrate_threshold
 from pipeline.export.c_array import write_c_array
 from pipeline.export.manifest import build_manifest, edge_report
 from pipeline.export.onnx_export import OPSET, export_onnx
-from pipeline.export.output_code import c_decoder, check_output_span, edge_network
+from pipeline.export.output_code import c_decoder, check_output_span, decoder, edge_network
 from pipeline.export.parity import check_gates, parity_table
 from pipeline.export.quantize import quantize_onnx_int8
 from pipeline.export.tflite import INT16X8_NAME, convert_tflite, tflite_io, tflite_predict
@@ -91,11 +91,11 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                                            percentile=onnx_cal["percentile"])
             tflite = convert_tflite(edge_onnx, out, calibration, per_channel=q["per_channel"],
                                     int16x8=q["int16x8"])
+        io = {kind: tflite_io(tflite[kind]) for kind in ("int8", "int16x8") if kind in tflite}
         if code is not None:
-            for kind in ("int8", "int16x8"):
-                if kind in tflite:
-                    check_output_span(tflite_io(tflite[kind])["output"], tflite[kind])
-        decode = code.decode if code is not None else np.asarray
+            for kind, spec in io.items():
+                check_output_span(spec["output"], tflite[kind])
+        decode = decoder(code)
         if not q["int16x8"]:  # no stale 16x8 files from an earlier run beside the new ones
             for name in INT16X8_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -130,7 +130,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         for kind in tflm:
             symbol = "g_model" if kind == "int8" else f"g_model_{kind}"
             write_c_array(tflite[kind], out / f"model_{kind}.cc", out / f"model_{kind}.h", symbol,
-                          c_decoder(code, symbol, tflite_io(tflite[kind])["output"]) if code
+                          c_decoder(code, symbol, io[kind]["output"]) if code
                           else "")
             latency = host_latency_ms(load_predictor(tflite[kind], (classes, pp, code)),
                                       pp.image_size)
@@ -150,7 +150,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             source_checkpoint_sha256=metadata["source_checkpoint_sha256"],
             git_commit=git_commit(root), params_hash=params_hash(cfg), onnx_opset=OPSET,
             converters={name: _version(name) for name in CONVERTERS},
-            input_spec=tflite_io(tflite["int8"]),
+            input_spec=io["int8"],
             output_code=code.to_dict() if code is not None else None,
             quantization={"scheme": "per-channel" if q["per_channel"] else "per-tensor",
                           "onnx": {"tool": "onnxruntime static QDQ", "calibration": dict(onnx_cal)},
@@ -161,7 +161,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                          "sha256": _hash_list([sha256_file(p) for p in cal_paths])},
             parity={"table": table, "gates": gates, "failures": failures},
             tflm=tflm["int8"], edge=edge,
-            int16x8={"input_spec": tflite_io(tflite["int16x8"]), "tflm": tflm["int16x8"],
+            int16x8={"input_spec": io["int16x8"], "tflm": tflm["int16x8"],
                      "edge": edges["int16x8"]} if "int16x8" in tflite else None,
             ood_threshold=calibrate_threshold(val_items) if len(val_items) else None,
         )
