@@ -82,15 +82,23 @@ def _predict(args: list[str]) -> int:
     parser.add_argument("--out", help="CSV to write (default: print to stdout)")
     parser.add_argument("--format", choices=("default", "submission"), default="default",
                         help="submission: the organisers' image_name,predicted_class")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="flag images below this confidence (default: the threshold "
-                             "calibrated on validation data, from manifest.json)")
+    parser.add_argument("--threshold", default=None, metavar="T",
+                        help="flag images below this confidence, a number in [0, 1] (default: "
+                             "the threshold calibrated on validation data, from manifest.json)")
     opts = parser.parse_args(args)
+    threshold = None
+    if opts.threshold is not None:
+        try:
+            threshold = float(opts.threshold)
+            valid = 0.0 <= threshold <= 1.0  # nan compares false, so it is refused too
+        except ValueError:
+            valid = False
+        if not valid:
+            raise UserError(f"--threshold {opts.threshold!r}: must be a number in [0, 1]")
     result = predict_folder(opts.model, opts.images, out_csv=Path(opts.out) if opts.out else None,
-                            fmt=opts.format, threshold=opts.threshold)
+                            fmt=opts.format, threshold=threshold)
     if not opts.out:
-        for row in result.rows:
-            print(",".join(str(v) for v in row.values()))
+        sys.stdout.write(result.csv_text())  # the same CSV as --out writes, header and quoting
     else:
         print(f"wrote {len(result.rows)} predictions to {opts.out}"
               + (f" ({len(result.skipped)} files skipped)" if result.skipped else ""))
@@ -112,7 +120,15 @@ def _evaluate_folder(args: list[str]) -> int:
     parser.add_argument("--map", nargs="*", default=[], metavar="MODEL_CLASS=TARGET_CLASS",
                         help="override how a model class is scored (e.g. clean=CLEAN_LAYER)")
     opts = parser.parse_args(args)
-    overrides = dict(item.split("=", 1) for item in opts.map)
+    overrides: dict[str, str] = {}
+    for item in opts.map:
+        model_class, sep, target = item.partition("=")
+        if not (sep and model_class and target):
+            raise UserError(f"--map {item!r}: expected MODEL_CLASS=TARGET_CLASS "
+                            "(e.g. clean=CLEAN_LAYER)")
+        if model_class in overrides:
+            raise UserError(f"--map: model class {model_class!r} is mapped twice")
+        overrides[model_class] = target
     taxonomy = Taxonomy.from_config(load_params(find_root())["taxonomy"])
     classes = taxonomy.phase(opts.taxonomy).classes
     metrics = evaluate_folder(opts.model, opts.labelled_dir, taxonomy=taxonomy, classes=classes,

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.data.images import IMAGE_SUFFIXES, ImageReadError, read_gray8
+from pipeline.data.images import IMAGE_SUFFIXES, BitDepth, ImageReadError, read_gray8_with_depth
 from pipeline.errors import UserError
 from pipeline.taxonomy import Taxonomy
 
@@ -29,6 +29,11 @@ class ImportReport:
     missing_classes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     merged: dict[str, list[str]] = field(default_factory=dict)  # class -> its >= 2 folders
+    # class folder -> images found in its subfolders (they count for the folder's class)
+    nested: dict[str, int] = field(default_factory=dict)
+    # folder (relative to root) -> how its images deeper than 8 bits were scaled:
+    # [{"bits", "source", "images"}], one entry per distinct decision
+    bit_depths: dict[str, list[dict]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A human-readable multi-line report."""
@@ -36,6 +41,11 @@ class ImportReport:
         lines += [f"  {cls:<14} {n:>6}" for cls, n in self.counts.items()]
         for cls, folders in self.merged.items():
             lines.append(f"Merged folders {folders} into class {cls}")
+        if self.nested:
+            where = ", ".join(f"{folder} ({n})" for folder, n in self.nested.items())
+            lines.append(f"Counted {_images(sum(self.nested.values()))} in nested subfolders, "
+                         f"each as its class folder's class: {where}")
+        lines += self._bit_depth_lines()
         for folder, suggestions in self.unknown_folders.items():
             hint = f" (did you mean {', '.join(suggestions)}?)" if suggestions else ""
             lines.append(f"Ignored folder {folder!r}: no matching class{hint}")
@@ -47,6 +57,22 @@ class ImportReport:
             lines.append(f"Skipped {len(self.skipped)} files:")
             lines += [f"  {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
+
+    def _bit_depth_lines(self) -> list[str]:
+        if not self.bit_depths:
+            return []
+        lines = ["Images deeper than 8 bits, scaled by the bit depth of their folder "
+                 "(or of their own metadata):"]
+        for folder, entries in self.bit_depths.items():
+            lines += [f"  {folder}: {e['bits']}-bit for {_images(e['images'])} ({e['source']})"
+                      for e in entries]
+        by_folder = {e["bits"] for es in self.bit_depths.values() for e in es
+                     if e["source"].startswith("folder")}
+        if len(by_folder) > 1:
+            lines.append("  Folders differ in bit depth: images from one detector should "
+                         "share one (a folder whose maximum stays <= 4095 reads as 12-bit); "
+                         "PNG sBIT or TIFF MaxSampleValue metadata sets it per file")
+        return lines
 
     def to_dict(self) -> dict:
         """JSON-serialisable (tuples become lists)."""
@@ -82,11 +108,19 @@ def import_folder(
             continue
         folders.setdefault(cls, []).append(entry.name)
         for path in _files(entry):
-            reason = _problem(path, min_size) if check_images else _suffix_problem(path)
+            depth = None
+            if check_images:
+                reason, depth = _problem(path, min_size)
+            else:
+                reason = _suffix_problem(path)
             if reason:
                 report.skipped.append((str(path), reason))
-            else:
-                report.items.append((str(path), cls))
+                continue
+            report.items.append((str(path), cls))
+            if path.parent != entry:
+                report.nested[entry.name] = report.nested.get(entry.name, 0) + 1
+            if depth is not None:
+                _count_depth(report.bit_depths, path.parent.relative_to(root).as_posix(), depth)
 
     report.items.sort()
     report.counts = {cls: 0 for cls in classes}
@@ -113,7 +147,7 @@ def load_unlabelled(root: Path, *, min_size: int = 16) -> tuple[list[str], list[
     root = _existing_dir(root)
     usable, skipped = [], []
     for path in _files(root):
-        reason = _problem(path, min_size)
+        reason, _ = _problem(path, min_size)
         if reason:
             skipped.append((str(path), reason))
         else:
@@ -138,16 +172,28 @@ def _files(folder: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _problem(path: Path, min_size: int) -> str | None:
-    """Why a file cannot be used, or None."""
+def _problem(path: Path, min_size: int) -> tuple[str | None, BitDepth | None]:
+    """(why a file cannot be used or None, the bit depth it is read with when deeper than 8)."""
     reason = _suffix_problem(path)
     if reason:
-        return reason
+        return reason, None
     try:
-        read_gray8(path, min_size=min_size)
+        return None, read_gray8_with_depth(path, min_size=min_size)[1]
     except ImageReadError as exc:
-        return exc.reason
-    return None
+        return exc.reason, None
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+def _count_depth(bit_depths: dict[str, list[dict]], folder: str, depth: BitDepth) -> None:
+    entries = bit_depths.setdefault(folder, [])
+    for entry in entries:
+        if (entry["bits"], entry["source"]) == (depth.bits, depth.source):
+            entry["images"] += 1
+            return
+    entries.append({"bits": depth.bits, "source": depth.source, "images": 1})
 
 
 def _suffix_problem(path: Path) -> str | None:

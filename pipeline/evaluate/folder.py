@@ -8,7 +8,8 @@ class are summed.
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +21,11 @@ import numpy as np
 from pipeline.data.images import ImageReadError, read_gray8
 from pipeline.data.importer import import_folder, load_unlabelled
 from pipeline.errors import UserError
-from pipeline.evaluate.inference import MANIFEST_NAME, Predictor, load_predictor
+from pipeline.evaluate.inference import MANIFEST_NAME, Predictor, load_predictor, read_manifest
 from pipeline.evaluate.metrics import classification_metrics
 from pipeline.evaluate.ood import flag_low_confidence
 from pipeline.evaluate.plots import confusion_figure, save_figure
-from pipeline.files import sha256_file, write_csv, write_json
+from pipeline.files import sha256_file, write_csv, write_json, write_text
 from pipeline.taxonomy import Taxonomy
 
 SUBMISSION_COLUMNS = ["image_name", "predicted_class"]
@@ -151,11 +152,22 @@ def predict_paths(predictor: Predictor, paths: Sequence[str | Path], chunk: int 
 
 @dataclass
 class FolderPredictions:
-    """predict_folder's result: CSV-ready rows, unreadable files, the threshold used."""
+    """predict_folder's result: CSV-ready rows and their columns, unreadable files, the
+    threshold used."""
 
     rows: list[dict]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     threshold: float | None = None
+    columns: list[str] = field(default_factory=list)
+
+    def csv_text(self) -> str:
+        """The CSV predict_folder writes to a file (header, csv quoting), as text."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buf.getvalue()
 
 
 def predict_folder(model_path: str | Path, images_path: str | Path, *,
@@ -202,17 +214,20 @@ def predict_folder(model_path: str | Path, images_path: str | Path, *,
             for row, flag in zip(rows, flag_low_confidence(probs, threshold), strict=True):
                 row["flagged"] = bool(flag)
             columns.append("flagged")
+    result = FolderPredictions(rows, skipped, threshold, columns)
     if out_csv is not None:
-        write_csv(out_csv, rows, columns)
-    return FolderPredictions(rows, skipped, threshold)
+        write_text(out_csv, result.csv_text())  # the very text `predict` prints to stdout
+    return result
 
 
 def _manifest_threshold(model_path: Path) -> float | None:
-    manifest = model_path.parent / MANIFEST_NAME
-    if not manifest.is_file():
+    value = read_manifest(model_path).get("ood_threshold")
+    if value is None:
         return None
-    value = json.loads(manifest.read_text(encoding="utf-8")).get("ood_threshold")
-    return None if value is None else float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"{model_path.parent / MANIFEST_NAME}: ood_threshold {value!r} is not a "
+                        "number; rebuild it (dvc repro)")
+    return float(value)
 
 
 def _report_skipped(skipped: Iterable[tuple[str, str]]) -> None:
@@ -236,9 +251,9 @@ def evaluate_folder(model_path: str | Path, labelled_dir: str | Path, *, taxonom
     """
     classes = list(classes)
     out_dir = Path(out_dir)
+    predictor = load_predictor(model_path)  # first: a broken model fails before a long import
     report = import_folder(Path(labelled_dir), classes, taxonomy)
     print(report.summary(), file=sys.stderr)
-    predictor = load_predictor(model_path)
     mapping = map_classes(predictor.class_names, classes, taxonomy, overrides=mapping_overrides)
     if mapping.summary():
         print(mapping.summary(), file=sys.stderr)

@@ -11,15 +11,21 @@ Where the contract (class names + preprocess) comes from:
   the quantize stage), else the metadata of a sibling `model.onnx`.
 The same source may hold "output_code": integer models whose output has the code's width
 (tiles x classes, pipeline.export.output_code) are decoded to logits before the softmax.
+
+A file that cannot be loaded (empty, truncated, corrupt, not this pipeline's kind of model,
+refused by torch's weights-only loader, or not the file `manifest.json` beside it records)
+is a UserError naming the file and the likely cause.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -28,12 +34,14 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.export.output_code import OutputCode
+from pipeline.files import sha256_file
 from pipeline.models.preprocess import Preprocess
 
 FORMATS = {".ckpt": "torch", ".onnx": "onnx", ".tflite": "tflite"}
 MANIFEST_NAME = "manifest.json"
 SIBLING_ONNX = "model.onnx"
 _BATCH = 64  # images preprocessed and run at once; bounds memory for big folders
+_FIX = "re-run dvc repro / dvc checkout"
 
 
 class Predictor(Protocol):
@@ -92,7 +100,14 @@ class TorchPredictor(_Predictor):
     def __init__(self, path: Path) -> None:
         from pipeline.models.classifier import SEMClassifier
 
-        model = SEMClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        # weights_only: a checkpoint is never unpickled, so a hostile one cannot run code.
+        try:
+            model = SEMClassifier.load_from_checkpoint(path, map_location="cpu",
+                                                       weights_only=True)
+        except UserError as exc:  # the model's own checks, which do not name the file
+            raise UserError(f"model {path}: {exc}") from exc
+        except Exception as exc:
+            raise broken_model(path, _checkpoint_cause(Path(path), exc)) from exc
         super().__init__(path, model.hparams.class_names, model.pp)
         self._net = model.net.eval()
 
@@ -110,7 +125,11 @@ class OnnxPredictor(_Predictor):
         super().__init__(path, *(contract or _contract(Path(path))))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1  # like the TFLite interpreter: comparable latencies
-        self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self._sess = ort.InferenceSession(str(path), opts,
+                                              providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise broken_model(path, _onnx_cause(exc)) from exc
         inp = self._sess.get_inputs()[0]
         self._input = inp.name
         self._batch_one = inp.shape[0] == 1  # static batch-1 exports (for onnx2tf / MCUs)
@@ -133,7 +152,14 @@ class TFLitePredictor(_Predictor):
         from pipeline.export.tflite import load_interpreter
 
         super().__init__(path, *(contract or _contract(Path(path))))
-        self._it = load_interpreter(Path(path))
+        try:
+            self._it = load_interpreter(Path(path))
+        except ValueError as exc:  # the flatbuffer verifier's "not a valid Flatbuffer buffer"
+            raise broken_model(path, f"truncated or not a TFLite file ({_first_line(exc)})"
+                               ) from exc
+        except Exception as exc:
+            raise broken_model(path, "the TFLite runtime cannot prepare it "
+                                     f"({_first_line(exc)})") from exc
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         from pipeline.export.tflite import interpreter_logits
@@ -145,10 +171,12 @@ _PREDICTORS = {"torch": TorchPredictor, "onnx": OnnxPredictor, "tflite": TFLiteP
 
 
 def load_predictor(model_path: str | Path, contract: tuple | None = None) -> Predictor:
-    """A Predictor for a .ckpt, .onnx or .tflite file; UserError for a missing file or suffix.
+    """A Predictor for a .ckpt, .onnx or .tflite file; UserError for a missing, unknown or
+    broken file, or one whose sha256 differs from the manifest.json beside it.
 
     `contract`: (class names, Preprocess, output code) for an exported file whose manifest
-    is not written yet (the quantize stage); by default it is read as the module doc says.
+    is not written yet (the quantize stage; an old manifest there is not checked); by
+    default it is read as the module doc says.
     """
     path = Path(model_path)
     fmt = FORMATS.get(path.suffix.lower())
@@ -157,32 +185,123 @@ def load_predictor(model_path: str | Path, contract: tuple | None = None) -> Pre
                         f"give a {', '.join(FORMATS)} file")
     if not path.is_file():
         raise UserError(f"model {path} not found; check the path or build it (dvc repro)")
+    if path.stat().st_size == 0:
+        raise broken_model(path, "empty file (0 bytes): it was never written completely")
+    if contract is None:
+        check_manifest(path)
     if contract is not None and fmt != "torch":
         return _PREDICTORS[fmt](path, contract)
     return _PREDICTORS[fmt](path)
 
 
+def broken_model(path: Path, cause: str) -> UserError:
+    """The one message for a model file that cannot be used: file, likely cause, fix."""
+    return UserError(f"model {path}: {cause}; {_FIX}")
+
+
+def read_manifest(model_path: Path) -> dict:
+    """manifest.json beside a model ({} when there is none); UserError when it is broken."""
+    manifest = Path(model_path).parent / MANIFEST_NAME
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{manifest} is not valid JSON ({exc}); rebuild it (dvc repro)") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{manifest} holds no JSON object; rebuild it (dvc repro)")
+    return data
+
+
+def check_manifest(path: Path) -> None:
+    """UserError when manifest.json beside `path` records another size or sha256 for it.
+
+    Files the manifest does not list (or a folder without one) are not checked.
+    """
+    files = read_manifest(path).get("files")
+    entry = files.get(path.name) if isinstance(files, dict) else None
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        return
+    size = path.stat().st_size
+    if isinstance(entry.get("bytes"), int) and size != entry["bytes"]:
+        raise broken_model(path, f"{size} bytes, but {MANIFEST_NAME} records {entry['bytes']}: "
+                                 "the file was truncated, modified or partly copied")
+    if sha256_file(path) != entry["sha256"]:
+        raise broken_model(path, f"sha256 differs from {MANIFEST_NAME}: the file was modified "
+                                 "or partly copied")
+
+
+def _checkpoint_cause(path: Path, exc: Exception) -> str:
+    """Why Lightning could not load a checkpoint, from a second, weights-only look at it."""
+    refused = exc if isinstance(exc, pickle.UnpicklingError) else None
+    if refused is None:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as again:
+            refused = again
+        except Exception:
+            return "truncated or not a PyTorch checkpoint"
+    if refused is not None:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(refused))
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds Python objects{what} that torch.load(weights_only=True) refuses to "
+                "unpickle; it is not loaded, for safety (a checkpoint this pipeline writes "
+                "holds only tensors and plain values)")
+    keys = ("state_dict", "hyper_parameters", "pytorch-lightning_version")
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        return (f"not a Lightning checkpoint of this pipeline (no {', '.join(missing)}; "
+                "a bare state_dict is not enough)")
+    return ("its weights or hyper-parameters do not fit this pipeline's model "
+            f"({type(exc).__name__}: {_first_line(exc)})")
+
+
+def _onnx_cause(exc: Exception) -> str:
+    from google.protobuf.message import DecodeError
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidProtobuf
+
+    if isinstance(exc, DecodeError | InvalidProtobuf) or (
+            isinstance(exc, InvalidArgument) and "No graph" in str(exc)):
+        return "truncated or not an ONNX file"
+    return f"onnxruntime cannot run it ({_first_line(exc)})"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from pipeline.export.onnx_export import read_metadata
+
+    try:
+        return read_metadata(path)
+    except Exception as exc:
+        raise broken_model(path, _onnx_cause(exc)) from exc
+
+
 def _contract(path: Path) -> tuple[list[str], Preprocess, OutputCode | None]:
     """(class names, Preprocess, output code) of an exported model, from the sources in the
     module doc."""
-    from pipeline.export.onnx_export import read_metadata
-
-    sources: list[tuple[Path, dict]] = []
+    # Read lazily: a broken sibling model.onnx matters only when nothing before it has the
+    # contract.
+    sources: list[tuple[Path, Callable[[], dict]]] = []
     if path.suffix.lower() == ".onnx":
-        sources.append((path, read_metadata(path)))
+        sources.append((path, lambda: _read_metadata(path)))
     manifest = path.parent / MANIFEST_NAME
     if manifest.is_file():
-        try:
-            sources.append((manifest, json.loads(manifest.read_text(encoding="utf-8"))))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{manifest} is not valid JSON ({exc}); rebuild it (dvc repro)"
-                            ) from exc
+        sources.append((manifest, lambda: read_manifest(path)))
     sibling = path.parent / SIBLING_ONNX
     if sibling.is_file() and sibling.resolve() != path.resolve():
-        sources.append((sibling, read_metadata(sibling)))
-    for source, meta in sources:
+        sources.append((sibling, lambda: _read_metadata(sibling)))
+    for source, read in sources:
+        meta = read()
         if "class_names" in meta and "preprocess" in meta:
-            names, pp = (_json_value(meta[k]) for k in ("class_names", "preprocess"))
+            try:
+                names, pp = (_json_value(meta[k]) for k in ("class_names", "preprocess"))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{source}: 'class_names' or 'preprocess' is not valid JSON "
+                                f"({exc}); re-export the model") from exc
             if not isinstance(names, list) or not isinstance(pp, dict):
                 raise UserError(f"{source}: 'class_names' must be a list and 'preprocess' a "
                                 "mapping; re-export the model")

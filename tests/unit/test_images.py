@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -11,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from pipeline.data.hashing import hamming, near_duplicates, phash, phash_dihedral
-from pipeline.data.images import ImageReadError, read_gray8, to_model_input
+from pipeline.data.images import ImageReadError, read_gray8, read_gray8_with_depth, to_model_input
 
 
 def _pattern(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -56,22 +58,75 @@ def test_alpha_keeps_partial_pixels_and_blackens_transparent(tmp_path):
         assert (out[1:] == 120).all()
 
 
+def _folder(tmp_path, name):
+    (tmp_path / name).mkdir()
+    return tmp_path / name
+
+
 def test_16bit_png_scaled_by_bit_depth(tmp_path):
     grad = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
-    cv2.imwrite(str(tmp_path / "g16.png"), grad)
-    out = read_gray8(tmp_path / "g16.png")
+    cv2.imwrite(str(_folder(tmp_path, "16") / "g16.png"), grad)
+    out = read_gray8(tmp_path / "16" / "g16.png")
     assert out[0, 0] == 0 and out[-1, -1] == 255
     assert np.array_equal(out, np.rint(grad / 65535 * 255).astype(np.uint8))
     # A 12-bit detector image in a 16-bit container: 4095 is full white, not 1/16 grey.
     grad12 = (grad // 16).astype(np.uint16)
-    cv2.imwrite(str(tmp_path / "g12.png"), grad12)
-    out12 = read_gray8(tmp_path / "g12.png")
+    cv2.imwrite(str(_folder(tmp_path, "12") / "g12.png"), grad12)
+    out12 = read_gray8(tmp_path / "12" / "g12.png")
     assert out12.max() == 255
     assert out12[16, 16] == round(int(grad12[16, 16]) / 4095 * 255)
     # Never stretched per image: a dim 16-bit image stays dim.
     dim = np.full((32, 32), 20000, np.uint16)
-    cv2.imwrite(str(tmp_path / "dim.png"), dim)
-    assert read_gray8(tmp_path / "dim.png")[0, 0] == round(20000 / 65535 * 255)
+    cv2.imwrite(str(_folder(tmp_path, "dim") / "dim.png"), dim)
+    assert read_gray8(tmp_path / "dim" / "dim.png")[0, 0] == round(20000 / 65535 * 255)
+
+
+def test_bit_depth_is_decided_per_folder_not_per_image(tmp_path):
+    # 16-bit images of a dim scene: one has a single pixel above 4095. Read per image, that
+    # one became 16x darker than its neighbours; per folder, both are read as 16-bit.
+    scene = np.linspace(0, 4000, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    bright = scene.copy()
+    bright[0, 0] = 5000
+    cv2.imwrite(str(tmp_path / "a.png"), scene)
+    cv2.imwrite(str(tmp_path / "b.png"), bright)
+    a, b = read_gray8(tmp_path / "a.png"), read_gray8(tmp_path / "b.png")
+    assert np.array_equal(a[1:], b[1:])
+    assert a[-1, -1] == round(4000 / 65535 * 255)
+    depth = read_gray8_with_depth(tmp_path / "a.png")[1]
+    assert (depth.bits, depth.source) == (16, "folder maximum 5000")
+    # The same scene alone in its folder: nothing above 4095, so 12-bit.
+    cv2.imwrite(str(_folder(tmp_path, "12bit") / "a.png"), scene)
+    assert read_gray8(tmp_path / "12bit" / "a.png")[-1, -1] == round(4000 / 4095 * 255)
+    assert read_gray8_with_depth(tmp_path / "12bit" / "a.png")[1].bits == 12
+    # 8-bit images in the folder neither count nor get a depth.
+    cv2.imwrite(str(tmp_path / "c.png"), np.full((32, 32), 200, np.uint8))
+    assert read_gray8_with_depth(tmp_path / "c.png")[1] is None
+
+
+def _png_with_sbit(img: np.ndarray, bits: int) -> bytes:
+    """A grey PNG with an sBIT chunk (significant bits) right after IHDR."""
+    png = cv2.imencode(".png", img)[1].tobytes()
+    chunk = struct.pack(">I4sB", 1, b"sBIT", bits)
+    chunk += struct.pack(">I", zlib.crc32(chunk[4:]))
+    return png[:33] + chunk + png[33:]  # signature (8) + IHDR (25)
+
+
+def test_file_metadata_decides_bit_depth_before_the_folder(tmp_path):
+    scene = np.linspace(0, 4000, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    cv2.imwrite(str(tmp_path / "bright.png"), np.full((32, 32), 60000, np.uint16))
+    (tmp_path / "sbit12.png").write_bytes(_png_with_sbit(scene, 12))
+    out, depth = read_gray8_with_depth(tmp_path / "sbit12.png")
+    assert out[-1, -1] == round(4000 / 4095 * 255)
+    assert (depth.bits, depth.source) == (12, "PNG sBIT 12")
+    # Samples scaled to the container, as the PNG spec asks of sBIT writers: 16-bit.
+    (tmp_path / "scaled.png").write_bytes(_png_with_sbit(scene * 16, 12))
+    assert read_gray8(tmp_path / "scaled.png")[-1, -1] == round(64000 / 65535 * 255)
+    # TIFF MaxSampleValue below the container's; a plain 16-bit TIFF follows its folder.
+    tifffile.imwrite(tmp_path / "max.tif", scene, extratags=[(281, "H", 1, 4095, False)])
+    assert read_gray8_with_depth(tmp_path / "max.tif")[1].source == "TIFF MaxSampleValue 4095"
+    assert read_gray8(tmp_path / "max.tif")[-1, -1] == round(4000 / 4095 * 255)
+    tifffile.imwrite(tmp_path / "plain.tif", scene)
+    assert read_gray8(tmp_path / "plain.tif")[-1, -1] == round(4000 / 65535 * 255)
 
 
 def test_tiff_16bit_float_and_multipage(tmp_path):
@@ -83,8 +138,8 @@ def test_tiff_16bit_float_and_multipage(tmp_path):
     out = read_gray8(tmp_path / "f.tiff")
     assert out[0, 0] == 0 and out[-1, -1] == 255 and out[16, 0] == round(f[16, 0] * 255)
     pages = np.stack([np.full((32, 32), 4095, np.uint16), np.zeros((32, 32), np.uint16)])
-    tifffile.imwrite(tmp_path / "m.tif", pages)
-    assert (read_gray8(tmp_path / "m.tif") == 255).all()  # first page only
+    tifffile.imwrite(_folder(tmp_path, "12bit") / "m.tif", pages)
+    assert (read_gray8(tmp_path / "12bit" / "m.tif") == 255).all()  # first page only
 
 
 def test_tiff_layouts_pillow_gets_wrong_or_cannot_open(tmp_path):

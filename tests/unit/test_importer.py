@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -66,6 +67,10 @@ def test_import_messy_folder(messy: Path):
     assert skipped["loose.png"] == "not in a class folder"
     text = rep.summary()
     assert "partcle" in text and "did you mean particle" in text and "scratch" in text
+    # b.png sits in Vias/nested: counted for via, and the summary says so.
+    assert rep.nested == {"Vias": 1}
+    assert "Counted 1 image in nested subfolders" in text and "Vias (1)" in text
+    assert rep.bit_depths == {} and "8 bits" not in text  # all 8-bit
     assert json.loads(json.dumps(rep.to_dict()))["counts"]["via"] == 2
 
 
@@ -101,3 +106,25 @@ def test_load_unlabelled(tmp_path: Path):
     usable, skipped = load_unlabelled(tmp_path)
     assert [Path(p).name for p in usable] == ["b.png", "a.jpg"]
     assert [(Path(p).name, r) for p, r in skipped] == [("c.tif", "empty file (0 bytes)")]
+
+
+def test_report_names_the_bit_depth_of_each_folder(tmp_path: Path):
+    scene = np.full((32, 32), 3000, np.uint16)
+    bright = scene.copy()
+    bright[0, 0] = 5000  # one pixel past 12 bits: the folder is 16-bit, both images
+    (tmp_path / "via").mkdir()
+    (tmp_path / "clean").mkdir()
+    cv2.imwrite(str(tmp_path / "via" / "a.png"), scene)
+    cv2.imwrite(str(tmp_path / "via" / "b.png"), bright)
+    cv2.imwrite(str(tmp_path / "clean" / "c.png"), scene)
+    _png(tmp_path / "clean" / "d.png")  # 8-bit: no bit depth to report
+    rep = import_folder(tmp_path, PHASE1, TAX)
+    assert rep.bit_depths == {
+        "via": [{"bits": 16, "source": "folder maximum 5000", "images": 2}],
+        "clean": [{"bits": 12, "source": "folder maximum 3000", "images": 1}],
+    }
+    text = rep.summary()
+    assert "via: 16-bit for 2 images (folder maximum 5000)" in text
+    assert "clean: 12-bit for 1 image (folder maximum 3000)" in text
+    assert "Folders differ in bit depth" in text
+    assert json.loads(json.dumps(rep.to_dict()))["bit_depths"]["via"][0]["bits"] == 16
