@@ -33,7 +33,7 @@ from pipeline.data.images import read_gray8  # noqa: E402
 from pipeline.evaluate.folder import evaluate_folder  # noqa: E402
 from pipeline.evaluate.inference import host_name, load_predictor  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
-from pipeline.taxonomy import Taxonomy  # noqa: E402
+from pipeline.taxonomy import Taxonomy, clean_classes  # noqa: E402
 
 # The delivered files of a phase, relative to the repo root ({p} = phase).
 FORMATS = {"torch fp32": "models/{p}/model.ckpt", "ONNX fp32": "artifacts/{p}/model.onnx",
@@ -128,7 +128,7 @@ def print_real(root: Path, cfg: dict, phases: list[str], folder: Path, taxonomy_
         with tempfile.TemporaryDirectory() as tmp:
             m = evaluate_folder(path, folder, taxonomy=taxonomy, classes=classes,
                                 out_dir=Path(tmp),
-                                clean_classes=[c for c in classes if "clean" in c.lower()])
+                                clean_classes=clean_classes(classes))
         print(f"| {phase} | {fmt} | {100 * m['accuracy']:.1f} % | {m['macro_f1']:.3f} | "
               f"{m['n']} |", flush=True)
     print()

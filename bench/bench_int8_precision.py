@@ -4,12 +4,12 @@
 Usage (from the repo root, after `dvc repro quantize@phase1`):
     python bench/bench_int8_precision.py               # phase1
     python bench/bench_int8_precision.py --phase phase3
-Calibration and parity images are the quantize stage's own (same seeds, same sizes). If
+Calibration and parity images are the quantize stage's own (pick_samples, same seeds). If
 16-bit activations recover the agreement and 16-bit weights do not, the activations' ranges
 are the problem (a model question, not a calibration one).
 
 A second table scores the delivered artifacts (model_int8.onnx, model_int8.tflite and
-model_int16x8.tflite when built) on every image of every split: the parity sample is a few
+model_int16x8.tflite when built) on every image of every split (TFLite with its optimized host kernels): the parity sample is a few
 hundred images, where one flip moves agreement by 0.2-0.3 points; the SQNR over thousands of
 images is the steadier signal. Train and val hold the calibration images, so their rows are
 slightly optimistic. It also counts how many int8 flips are ties in the int8 output (two classes
@@ -37,21 +37,19 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import layout  # noqa: E402
 from pipeline.config import find_root, load_params  # noqa: E402
-from pipeline.export.onnx_export import export_onnx  # noqa: E402
+from pipeline.data.real import read_real_data  # noqa: E402
+from pipeline.export.deliver import image_batch, pick_samples  # noqa: E402
+from pipeline.export.onnx_export import export_onnx, onnx_logits  # noqa: E402
 from pipeline.export.output_code import OutputCode, coded_net, decoder  # noqa: E402
 from pipeline.export.parity import parity_table  # noqa: E402
-from pipeline.export.quantize import _ArrayReader, onnx_input  # noqa: E402
+from pipeline.export.quantize import ArrayReader, onnx_input  # noqa: E402
 from pipeline.export.tflite import INT8_NAME, INT16X8_NAME, tflite_io, tflite_predict  # noqa: E402
-from pipeline.models.classifier import SEMClassifier  # noqa: E402
+from pipeline.models.classifier import load_classifier  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
-from pipeline.stages.finetune_real import out_dir as model_dir  # noqa: E402
-from pipeline.stages.quantize import (  # noqa: E402
-    _batch,
-    _onnx_logits,
-    artifacts_dir,
-    calibration_and_parity_rows,
-)
+from pipeline.taxonomy import Taxonomy  # noqa: E402
+from pipeline.training import phase_items  # noqa: E402
 
 # (activation type, weight type, calibration method)
 VARIANTS = {
@@ -68,16 +66,20 @@ def main() -> None:
     parser.add_argument("--phase", default="phase1")
     phase = parser.parse_args().phase
     root = find_root()
-    q = load_params(root)["quantize"]
-    model = SEMClassifier.load_from_checkpoint(root / model_dir(phase) / "model.ckpt",
-                                               map_location="cpu", weights_only=True).eval()
-    splits = load_splits(root)
-    cal_paths, sample_rows = calibration_and_parity_rows(root, phase, splits, q)
-    cal = _batch(cal_paths, model.pp)
-    sample = _batch([root / r["path"] for r in sample_rows], model.pp)
+    cfg = load_params(root)
+    model = load_classifier(root / layout.phase_model(phase) / layout.CHECKPOINT)
+    classes = list(model.hparams.class_names)
+    taxonomy = Taxonomy.from_config(cfg["taxonomy"])
+    splits = {k: phase_items(v, root, taxonomy, cfg["phases"][phase]["taxonomy"])
+              for k, v in load_splits(root).items()}
+    real = read_real_data(root / layout.phase_model(phase) / layout.REAL_DATA, classes)
+    cal_items, sample_items = pick_samples(real.train, splits["train"] + splits["val"],
+                                           splits["test"], cfg["quantize"])
+    cal = image_batch([p for p, _ in cal_items], model.pp)
+    sample = image_batch([p for p, _ in sample_items], model.pp)
     with torch.no_grad():
         ref = model.net(torch.from_numpy(sample)).numpy()
-    folder = root / artifacts_dir(phase)
+    folder = root / layout.artifacts(phase)
     code = delivered_output_code(folder)
     print(f"{phase}: {model.hparams.backbone}, {len(cal)} calibration and {len(sample)} test "
           "images, onnxruntime static QDQ, per-channel weights, output "
@@ -95,12 +97,12 @@ def main() -> None:
         for label, (act, weight, method) in VARIANTS.items():
             out = Path(tmp_str) / "q.onnx"
             wide = QuantType.QInt16 in (act, weight)
-            quantize_static(str(prep), str(out), _ArrayReader(name, cal),
+            quantize_static(str(prep), str(out), ArrayReader(name, cal),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=act, weight_type=weight, calibrate_method=method,
                             extra_options={"CalibPercentile": 99.9,
                                            "UseQDQContribOps": wide})
-            logits = decode(_onnx_logits(out, sample))
+            logits = decode(onnx_logits(out, sample))
             agree, sqnr = _agreement_and_sqnr(ref, logits)
             print(f"| {label} | {100 * agree:.1f} % | {sqnr:.1f} |", flush=True)
     _delivered_on_every_split(root, folder, model, splits, code)
@@ -108,7 +110,7 @@ def main() -> None:
 
 def delivered_output_code(folder: Path) -> OutputCode | None:
     """The output code the quantize stage recorded in the folder's manifest, if any."""
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / layout.MANIFEST).read_text())
     code = manifest.get("output_code")
     return OutputCode.from_dict(code, str(folder / "manifest.json")) if code else None
 
@@ -131,10 +133,10 @@ def _delivered_on_every_split(root: Path, folder: Path, model, splits: dict,
           " |\n|---|---|---|---|---|---|---|---|---|")
     refs, tflites, wides = [], [], []
     for split in ("train", "val", "test", "heldout"):
-        images = _batch([root / r["path"] for r in splits[split]], model.pp)
+        images = image_batch([p for p, _ in splits[split]], model.pp)
         with torch.no_grad():
             ref = model.net(torch.from_numpy(images)).numpy()
-        onnx_int8 = decode(_onnx_logits(folder / "model_int8.onnx", images))
+        onnx_int8 = decode(onnx_logits(folder / "model_int8.onnx", images))
         onnx_agree, _ = _agreement_and_sqnr(ref, onnx_int8)
         tflite = decode(tflite_predict(folder / INT8_NAME, images))
         wide_logits = decode(tflite_predict(wide, images)) if wide.is_file() else None

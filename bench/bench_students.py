@@ -1,7 +1,8 @@
 """Edge Pareto table for every shipped student: int8 TFLite flash, TFLM arena, MACs, host
 latency, and (with --epochs) accuracy after a short training on the default dataset. Like the
-pipeline, trained weights are rounded to the int8 grid (finetune.int8_weight_grid) and the 16x8
-model (quantize.int16x8: int16 activations) is measured beside the int8 one.
+pipeline (the same library calls: finetune.prepare_for_int8, export.deliver), trained weights
+are equalized and rounded to the int8 grid, and the 16x8 model (quantize.int16x8: int16
+activations) is measured beside the int8 one; agreement is on the TFLite reference kernels.
 
 Usage (from the repo root, after `dvc repro split`):
     python bench/bench_students.py                 # sizes, arena, MACs, latency (random weights)
@@ -26,16 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import find_root, load_params  # noqa: E402
 from pipeline.data.datamodule import SEMDataModule  # noqa: E402
-from pipeline.data.images import read_gray8  # noqa: E402
-from pipeline.evaluate.inference import host_latency_ms, load_predictor  # noqa: E402
-from pipeline.export.onnx_export import export_onnx  # noqa: E402
-from pipeline.export.output_code import decoder, edge_network  # noqa: E402
-from pipeline.export.tflite import convert_tflite, tflite_predict  # noqa: E402
-from pipeline.export.tflm import tflm_check  # noqa: E402
-from pipeline.models.backbones import count_macs, count_params  # noqa: E402
+from pipeline.export.deliver import DeliveryOptions, deliver, image_batch  # noqa: E402
+from pipeline.finetune import prepare_for_int8  # noqa: E402
+from pipeline.models.backbones import count_params  # noqa: E402
 from pipeline.models.classifier import SEMClassifier  # noqa: E402
-from pipeline.models.equalize import equalizable, equalize_activation_ranges  # noqa: E402
-from pipeline.models.int8_grid import snap_weights_to_int8_grid  # noqa: E402
 from pipeline.models.preprocess import Preprocess  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.taxonomy import Taxonomy  # noqa: E402
@@ -67,8 +62,8 @@ def pareto(root: Path, students: list[str], epochs: int) -> list[dict]:
     cal_items = [splits["train"][i] for i in rng.choice(len(splits["train"]), 200, replace=False)]
     test_items = splits["test"]
     pp = Preprocess(size)
-    cal = np.stack([pp(read_gray8(Path(p))) for p, _ in cal_items])
-    test = np.stack([pp(read_gray8(Path(p))) for p, _ in test_items])
+    cal = image_batch([p for p, _ in cal_items], pp)
+    test = image_batch([p for p, _ in test_items], pp)
     labels = np.array([y for _, y in test_items])
     print(f"Students at {size} px, {len(test_items)} synthetic test images, epochs={epochs}")
     wide = cfg["quantize"]["int16x8"]
@@ -90,37 +85,27 @@ def pareto(root: Path, students: list[str], epochs: int) -> list[dict]:
                 dm = SEMDataModule(splits["train"], {"val": splits["val"]}, size,
                                    augment=cfg["train"]["augment"], batch_size=64, num_workers=2,
                                    seed=0)
-                model = fit(model, dm, trainer_cfg=cfg["trainer"], max_epochs=epochs,
-                            patience=epochs, out_file=tmp / "m.ckpt", progress=False).model
-            model.eval()
-            if epochs:  # finetune_real's delivery steps
-                if cfg["finetune"]["int8_equalize_images"] and equalizable(model.net):
-                    equalize_activation_ranges(model.net, [torch.from_numpy(cal)])
-                if cfg["finetune"]["int8_weight_grid"]:
-                    snap_weights_to_int8_grid(model.net)
-            # quantize's: the integer models carry the output code
-            edge, code = edge_network(model.net, cal, **cfg["quantize"]["output_code"])
-            onnx = export_onnx(edge, size, tmp / "model.onnx", metadata={})
-            tfl = convert_tflite(onnx, tmp, cal, int16x8=wide)
-            arena = tflm_check(tfl["int8"], cal[:2])["arena_bytes"]
-            with torch.no_grad():
-                fp32 = model.net(torch.from_numpy(test)).argmax(1).numpy()
-            decode = decoder(code)
-            int8 = decode(tflite_predict(tfl["int8"], test)).argmax(1)
-            int16x8 = decode(tflite_predict(tfl["int16x8"], test)).argmax(1) if wide else None
-            latency = host_latency_ms(load_predictor(tfl["int8"], (classes, pp, code)),
-                                      size)["median_ms"]
+                result = fit(model, dm, trainer_cfg=cfg["trainer"], max_epochs=epochs,
+                             patience=epochs, out_file=tmp / "m.ckpt", progress=False)
+                prepare_for_int8(result, splits["val"], cal_items,  # finetune_real's steps
+                                 equalize_images=cfg["finetune"]["int8_equalize_images"],
+                                 weight_grid=cfg["finetune"]["int8_weight_grid"], seed=0)
+                model = result.model
+            delivery = deliver(model.eval().net, pp, classes, tmp / "artifacts", cal, test,
+                               labels, DeliveryOptions.from_config(cfg["quantize"]))
+            table = delivery.parity["table"]
             rows.append({"student": spec, "params": count_params(model.net),
-                         "macs_M": count_macs(edge, (1, 1, size, size)) / 1e6,
-                         "flash_KB": tfl["int8"].stat().st_size / 1024, "arena_KB": arena / 1024,
-                         "latency_ms": latency,
-                         "acc_fp32": float((fp32 == labels).mean()) if epochs else None,
-                         "acc_int8": float((int8 == labels).mean()) if epochs else None,
-                         "agree": float((fp32 == int8).mean()) if epochs else None,
-                         "arena16_KB": tflm_check(tfl["int16x8"], cal[:2])["arena_bytes"] / 1024
+                         "macs_M": delivery.edge["int8"]["macs"] / 1e6,
+                         "flash_KB": delivery.edge["int8"]["flash_bytes"] / 1024,
+                         "arena_KB": delivery.edge["int8"]["arena_bytes"] / 1024,
+                         "latency_ms": delivery.host_latency()["int8"]["median_ms"],
+                         "acc_fp32": table["reference"]["accuracy"] if epochs else None,
+                         "acc_int8": table["tflite_int8"]["accuracy"] if epochs else None,
+                         "agree": table["tflite_int8"]["top1_agreement"] if epochs else None,
+                         "arena16_KB": delivery.edge["int16x8"]["arena_bytes"] / 1024
                          if wide else None,
-                         "agree16": float((fp32 == int16x8).mean()) if epochs and wide
-                         else None})
+                         "agree16": table["tflite_int16x8"]["top1_agreement"]
+                         if epochs and wide else None})
         print(_fmt(rows[-1]), flush=True)
     student = cfg["model"]["student"]
     default = student["name"] + (f":{student['head_features']}" if student["head_features"] else "")

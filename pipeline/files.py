@@ -28,6 +28,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def hash_list(hashes: list[str]) -> str:
+    """One sha256 for a set of sha256s (order independent)."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -79,6 +84,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(owner: str | Path) -> Iterator[Path]:
+    """A work folder beside `owner`, `.<name>.work`, emptied before use and removed after.
+
+    Temporary work lives under the stage's own output parent instead of /tmp, so a killed run
+    leaves nothing elsewhere and the next run of the stage clears what it left here.
+    """
+    owner = Path(owner)
+    work = owner.with_name(f".{owner.name}.work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> None:

@@ -26,6 +26,12 @@ def normalise_name(name: str) -> str:
     return stripped or key
 
 
+def clean_classes(classes: Sequence[str]) -> list[str]:
+    """The defect-free classes among `classes` (clean, CLEAN_LAYER, CLEAN_VIA, ...): what
+    defect recall and the clean false-alarm rate are measured against."""
+    return [c for c in classes if normalise_name(c).startswith("clean")]
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -34,6 +40,10 @@ class Phase:
 
     def index(self, class_name: str) -> int:
         return self.classes.index(class_name)
+
+    @property
+    def clean_classes(self) -> list[str]:
+        return clean_classes(self.classes)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,34 @@ class ImageDataset(Dataset):
         return (x, label) if self.targets is None else (x, label, self.targets[index])
 
 
+class MixupViews(Dataset):
+    """Deterministic training views for function matching: key (index, epoch) gives the same
+    pixels on every call, so a teacher's output on a view can be computed once and served
+    with it later. The view is the item's augmented image (ImageDataset, seeded per key),
+    mixed with the same epoch's view of a partner item, weight lam ~ Beta(alpha, alpha), both
+    drawn from (seed, epoch, index). mixup_alpha 0: no mixing. Returns (x, the item's label)."""
+
+    def __init__(self, items: list[tuple[str, int]], image_size: int, augment: A.Compose | None,
+                 seed: int, mixup_alpha: float) -> None:
+        if mixup_alpha < 0:
+            raise UserError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
+        self.base = ImageDataset(items, image_size, augment, seed)
+        self.seed, self.alpha = seed, mixup_alpha
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple:
+        index, epoch = key
+        x, label = self.base[(index, epoch)]
+        if self.alpha > 0:
+            rng = np.random.default_rng([self.seed, epoch, index, 3])
+            partner, lam = int(rng.integers(len(self.base))), float(rng.beta(self.alpha,
+                                                                             self.alpha))
+            x = lam * x + (1.0 - lam) * self.base[(partner, epoch)][0]
+        return x, label
+
+
 class EpochSampler(Sampler):
     """Seeded per-epoch order yielding (index, epoch); "balanced" draws classes equally often.
 

@@ -17,28 +17,52 @@ from pipeline.data.images import read_gray8
 from pipeline.data.importer import import_folder
 from pipeline.data.split import grouped_stratified_split, leakage_report
 from pipeline.errors import UserError
-from pipeline.files import sha256_file
+from pipeline.files import read_json, sha256_file
 from pipeline.taxonomy import Taxonomy
 
 Items = list[tuple[str, int]]
 STANDIN = "stand-in: held-out synthetic tool profiles"
 
 
-@dataclass
-class RealSet:
-    """Labelled items for one role (train/val/test) and where they came from."""
+@dataclass(frozen=True)
+class RealData:
+    """What a phase's model was trained on, as recorded in its real_data.json: the real train
+    and val items (empty for the stand-in) and the rest of the report."""
 
-    items: Items
-    source: str  # "real" or STANDIN
-    folder: str | None = None
+    train: Items = field(default_factory=list)
+    val: Items = field(default_factory=list)
     report: dict = field(default_factory=dict)
 
     @property
     def is_real(self) -> bool:
-        return self.source == "real"
+        return self.report.get("source") == "real"
 
 
-def _union_groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
+def image_records(items: Items, classes: Sequence[str]) -> list[dict]:
+    """real_data.json's record of each image: {"path", "class", "sha256"}."""
+    return [{"path": p, "class": classes[y], "sha256": sha256_file(p)} for p, y in items]
+
+
+def read_real_data(path: Path, classes: Sequence[str]) -> RealData:
+    """The RealData of a real_data.json (an empty one when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return RealData()
+    report = read_json(path)
+    index = {c: i for i, c in enumerate(classes)}
+
+    def items(key: str) -> Items:
+        try:
+            return [(r["path"], index[r["class"]]) for r in report.get(key, [])]
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{path}: {key} records need path and class in {list(classes)} "
+                            f"({exc!r}); rerun finetune_real (dvc repro)") from exc
+
+    return RealData(items("train_files"), items("val_files"), report)
+
+
+def union_groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """A group id per item 0..n-1, items joined by any chain of `pairs` sharing one."""
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -60,7 +84,7 @@ def group_near_duplicates(paths: Sequence[str], max_distance: int) -> tuple[list
     oriented = [(str(i), v) for i, h in enumerate(hashes) for v in h]
     pairs = {(int(a), int(b)) for a, b, _ in near_duplicates(canonical, oriented, max_distance)
              if a != b}
-    return _union_groups(len(paths), sorted(pairs)), [[f"{v:016x}" for v in h] for h in hashes]
+    return union_groups(len(paths), sorted(pairs)), [[f"{v:016x}" for v in h] for h in hashes]
 
 
 def load_real_folder(folder: str | Path, classes: Sequence[str], taxonomy: Taxonomy,
@@ -91,6 +115,24 @@ def split_real(items: Sequence[tuple[str, str]], classes: Sequence[str], *, val_
               "exact_within_splits": len(leakage.get("exact_within", [])),
               "train": len(train), "val": len(val)}
     return train, val, report
+
+
+def labelled_split(folder: str | Path, classes: Sequence[str], taxonomy: Taxonomy, *,
+                   min_size: int, val_fraction: float, seed: int, max_distance: int
+                   ) -> tuple[Items, Items, dict]:
+    """A labelled real folder imported and split into train/val (near-duplicates together),
+    with the import and split reports; UserError when it cannot be trained on."""
+    folder = str(Path(folder).expanduser())
+    found, import_report = load_real_folder(folder, classes, taxonomy, min_size)
+    index = {c: i for i, c in enumerate(classes)}
+    require_trainable([(p, index[c]) for p, c in found], classes, folder)
+    train, val, split_report = split_real(found, classes, val_fraction=val_fraction, seed=seed,
+                                          max_distance=max_distance)
+    if not val:
+        raise UserError(f"{folder}: too few images for a validation split; add images or "
+                        "raise finetune.val_fraction")
+    return train, val, {"source": "real", "folder": folder, "import": import_report,
+                        "split": split_report}
 
 
 def standin_items(heldout_rows: Sequence[Mapping], role: str, root: Path, taxonomy: Taxonomy,

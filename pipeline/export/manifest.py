@@ -15,8 +15,8 @@ MACS_PER_CYCLE = 0.5
 MACS_PER_CYCLE_BEST = 1.0
 
 
-def edge_report(tflite_int8: Path, arena_bytes: int, macs: int, host_latency_ms: float,
-                host: str, activations: str = "int8") -> dict:
+def edge_report(tflite_int8: Path, arena_bytes: int, macs: int, activations: str = "int8"
+                ) -> dict:
     """Edge Impulse-style resource summary for the int8 model on an i.MX RT1170.
 
     activations="int16" (a 16x8 model): the Cortex-M7 estimate is left out, since the
@@ -24,7 +24,9 @@ def edge_report(tflite_int8: Path, arena_bytes: int, macs: int, host_latency_ms:
 
     flash_bytes is the model file alone (the TFLM runtime's code, typically 50-100 KB with
     only the needed kernels, is not included). RAM is the TFLM tensor arena (measured with
-    the TFLM interpreter), plus the model itself when it is copied into SRAM.
+    the TFLM interpreter), plus the model itself when it is copied into SRAM. Host latency is
+    measured elsewhere (Delivery.host_latency): a timing would make the manifest differ on
+    every run.
     """
     model_bytes = Path(tflite_int8).stat().st_size
     return {
@@ -34,8 +36,6 @@ def edge_report(tflite_int8: Path, arena_bytes: int, macs: int, host_latency_ms:
         "ram_total_bytes": int(arena_bytes),
         "ram_total_model_in_sram_bytes": int(arena_bytes) + model_bytes,
         "macs": int(macs),
-        "host_latency_ms": float(host_latency_ms),
-        "host": host,
         **(_m7_estimate(macs) if activations == "int8" else
            {"m7_assumption": "no estimate: 16-bit activations run CMSIS-NN's s16 kernels, "
                              "slower than the int8 rate the int8 estimate uses"}),

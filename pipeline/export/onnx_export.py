@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -53,3 +54,21 @@ def export_onnx(net: nn.Module, image_size: int, path: Path, *, dynamic_batch: b
 def read_metadata(path: Path) -> dict[str, str]:
     """The metadata_props of an ONNX file as a dict."""
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def run_onnx(session, images: np.ndarray) -> np.ndarray:
+    """Outputs of an onnxruntime session for images (N, ...): one call for a dynamic batch,
+    one image at a time for the static batch-1 exports (for onnx2tf and microcontrollers)."""
+    inp = session.get_inputs()[0]
+    if inp.shape[0] != 1:
+        return session.run(None, {inp.name: images})[0]
+    return np.concatenate([session.run(None, {inp.name: images[i: i + 1]})[0]
+                           for i in range(len(images))])
+
+
+def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    """Outputs of the ONNX model at `path` on the CPU for images (N, 1, S, S)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return run_onnx(session, images)

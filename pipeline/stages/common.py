@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from pipeline import layout
 from pipeline.data.datamodule import SEMDataModule
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import scalar_metrics
@@ -17,19 +18,18 @@ from pipeline.files import read_csv, sha256_file, write_json
 from pipeline.models.backbones import count_macs, count_params
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess, load_teacher
 from pipeline.models.preprocess import Preprocess
-from pipeline.taxonomy import Taxonomy
+from pipeline.taxonomy import Taxonomy, clean_classes
 from pipeline.tracking import StageRun
 from pipeline.training import evaluate_sets, fit, loss_config, phase_items, predict_logits
 
 log = logging.getLogger(__name__)
-SPLITS_DIR = Path("data/splits")
 SPLIT_NAMES = ("train", "val", "test", "heldout")
 
 
 def load_splits(root: Path) -> dict[str, list[dict]]:
     splits = {}
     for name in SPLIT_NAMES:
-        path = root / SPLITS_DIR / f"{name}.csv"
+        path = root / layout.SPLITS / f"{name}.csv"
         if not path.is_file():
             raise UserError(f"{path} is missing; run the split stage first (dvc repro split)")
         splits[name] = read_csv(path)
@@ -129,7 +129,7 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
         if not result.is_global_zero:
             return  # DDP: only rank 0 evaluates, writes and logs
         evaluations = evaluate_sets(result.model, {k: splits[k] for k in ("val", "test", "heldout")},
-                                    clean_classes=[c for c in classes if "clean" in c.lower()])
+                                    clean_classes=clean_classes(classes))
         facts = {**model_facts(result.model, result.checkpoint), "epochs": result.epochs,
                  "backbone": model_cfg["name"]}
         timing = {"train_seconds": round(result.seconds, 1)}

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.errors import UserError
 from pipeline.stages.common import train_model
-from pipeline.stages.train_teacher import OUT_DIR as TEACHER_DIR
 
-OUT_DIR = Path("models/student")
-METRICS = Path("reports/models/student.json")
 # cached: the teacher's logits on each unaugmented train image, computed once (fast: the
 # student trains at its own speed); online: the teacher runs on every augmented batch.
 TEACHER_LOGITS = ("cached", "online")
@@ -24,8 +22,8 @@ def run(cfg: dict, root: Path) -> None:
                         f"use one of {TEACHER_LOGITS}")
     train_model(
         cfg, root, stage="distill_student", model_cfg=cfg["model"]["student"], opt_cfg=distill,
-        out_dir=root / OUT_DIR, metrics_file=root / METRICS,
-        teacher_ckpt=root / TEACHER_DIR / "model.ckpt" if use_teacher else None,
+        out_dir=root / layout.STUDENT, metrics_file=root / layout.STUDENT_METRICS,
+        teacher_ckpt=root / layout.TEACHER / layout.CHECKPOINT if use_teacher else None,
         kd={k: distill[k] for k in ("temperature", "alpha", "teacher_logits")} if use_teacher
         else None,
     )

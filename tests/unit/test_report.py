@@ -56,7 +56,7 @@ def synthetic_ctx(tmp_path, data_kind="stand-in") -> dict:
                           "by_name": {"clean": "Clean", "bridge": "Bridge", "cmp": "CMP",
                                       "via": "VIA"}, "by_override": {}, "by_default": {},
                           "ambiguous": {}, "unpredictable_targets": []},
-        "edge": edge_report(tflite, 180_000, 12_500_000, 2.1, "AMD EPYC (x86_64, 2 CPUs)"),
+        "edge": edge_report(tflite, 180_000, 12_500_000),
         "provenance": {"model sha256": "ab" * 32, "git commit": "3c973d2",
                        "params hash": "<script>alert(1)</script>"},
     }

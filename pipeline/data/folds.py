@@ -1,0 +1,71 @@
+"""Folds for judging recipes on a small labelled real set (bench/bench_real.py).
+
+A 151-image validation split has a standard error of about 4 points, so recipes are compared
+by k-fold means. Two groupings keep a fold's test images honest:
+- near-dup: images that are near-duplicates under any flip or rotation (pipeline.data.real)
+  stay in one fold, as in finetune_real's train/val split;
+- appearance: whole clusters of similar-looking images (k-means on frozen ImageNet features)
+  are held out together, a proxy for images from sources the model never saw. Near-duplicate
+  groups are merged into the clusters they touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.model_selection import StratifiedGroupKFold
+
+from pipeline.data.real import union_groups
+
+GROUPINGS = ("near-dup", "appearance")
+
+
+def grouped_folds(labels: Sequence[int], groups: Sequence[int], folds: int, seed: int
+                  ) -> list[np.ndarray]:
+    """Test indices of each of `folds` folds: stratified by label as far as the groups allow,
+    every group inside one fold, each image in exactly one fold."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if len(set(groups.tolist())) < folds:
+        raise ValueError(f"{len(set(groups.tolist()))} groups cannot fill {folds} folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
+@torch.no_grad()
+def image_features(images: np.ndarray, backbone: str = "efficientnet_lite0",
+                   batch_size: int = 64) -> np.ndarray:
+    """Frozen, globally pooled ImageNet features of float32 (N, 1, S, S) model inputs in
+    [0, 1] (the offline weights; UserError when they are unavailable)."""
+    from pipeline.models.backbones import build_backbone
+    from pipeline.models.preprocess import Normalize, Preprocess
+
+    pp = Preprocess(images.shape[-1])
+    net = torch.nn.Sequential(Normalize(pp.mean, pp.std),
+                              build_backbone(backbone, 0, pretrained=True)).eval()
+    out = [net(torch.from_numpy(images[i: i + batch_size])).numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
+
+
+def appearance_groups(features: np.ndarray, near_dup_groups: Sequence[int], clusters: int,
+                      seed: int) -> list[int]:
+    """A group per image: its k-means cluster (cosine geometry) merged with every cluster its
+    near-duplicates fall in."""
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
+    assigned = KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(unit)
+    n = len(assigned)
+    pairs = [(i, j) for group in _members(near_dup_groups).values() for i, j in
+             zip(group, group[1:], strict=False)]
+    pairs += [(i, j) for group in _members(assigned.tolist()).values() for i, j in
+              zip(group, group[1:], strict=False)]
+    return union_groups(n, pairs)
+
+
+def _members(groups: Sequence[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(int(g), []).append(i)
+    return out

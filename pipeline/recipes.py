@@ -1,0 +1,228 @@
+"""How a phase's delivered model is trained: one call, `train_phase_model`, used by the
+finetune_real stage and by bench/bench_real.py (which varies the options, never the code).
+
+Two recipes:
+- "matching" (default when the phase has real labelled images): each teacher (the
+  ImageNet → synthetic teacher of train_teacher, and/or ImageNet backbones) is fine-tuned on
+  the real train images; the student learns their ensemble by function matching
+  (pipeline.matching) on the real train images, the phase's unlabelled real images and
+  synthetic images.
+- "finetune" (the stand-in, or when asked): the synthetic-distilled student (or a scratch
+  one) fine-tuned on the images with a replay share of the hardest synthetic images,
+  optionally from a real-fine-tuned teacher by KD (teacher_kd) and with pseudo-labels on
+  the unlabelled images (self_training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.data.importer import load_unlabelled
+from pipeline.errors import UserError
+from pipeline.finetune import (
+    FitOptions,
+    ModelSpec,
+    adapt,
+    hardest,
+    prepare_for_int8,
+    start_model,
+)
+from pipeline.matching import MatchOptions, Teacher, match, teacher_id, transfer_set
+from pipeline.models.classifier import load_classifier
+from pipeline.training import FitResult, Items, evaluate_sets, predict_probs
+
+RECIPES = ("matching", "finetune")
+SYNTHETIC_TEACHER = "synthetic"  # the teachers entry for models/teacher (ImageNet → synthetic)
+STUDENT_STARTS = ("student", "scratch")
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    """The images a phase trains on: labelled train/val (real, or the stand-in), unlabelled
+    real image paths, and the synthetic train/val split in the phase's taxonomy."""
+
+    train: Items
+    val: Items
+    is_real: bool
+    unlabeled: list[str] = field(default_factory=list)
+    synthetic_train: Items = field(default_factory=list)
+    synthetic_val: Items = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    recipe: str
+    student_start: str  # "student" (the synthetic-distilled student) or "scratch"
+    student: ModelSpec
+    student_ckpt: Path | None  # models/student/model.ckpt
+    teacher_ckpt: Path | None  # models/teacher/model.ckpt
+    head_sources: list  # rows of the phase's classifier from the synthetic taxonomy's rows
+    fit: FitOptions  # the student fine-tune ("finetune" recipe)
+    teacher_fit: FitOptions
+    teachers: tuple[str, ...] = (SYNTHETIC_TEACHER,)
+    teacher_image_size: int = 128
+    matching: MatchOptions = field(default_factory=MatchOptions)
+    synthetic_images: int = 0
+    use_unlabeled: bool = True
+    replay_size: int = 0
+    teacher_kd: Mapping = field(default_factory=lambda: {"enabled": False})
+    self_training: Mapping = field(default_factory=lambda: {"enabled": False})
+    equalize_images: int = 0
+    weight_grid: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, root: Path, head_sources: list) -> RecipeOptions:
+        ft = cfg["finetune"]
+        for key, value, allowed in (("recipe", ft["recipe"], RECIPES),
+                                    ("init", ft["init"], STUDENT_STARTS)):
+            if value not in allowed:
+                raise UserError(f"finetune.{key}={value!r} is unknown; use one of {allowed}")
+        m = ft["matching"]
+        return cls(
+            recipe=ft["recipe"], student_start=ft["init"],
+            student=ModelSpec.from_config(cfg["model"]["student"]),
+            student_ckpt=root / "models/student/model.ckpt",
+            teacher_ckpt=root / "models/teacher/model.ckpt", head_sources=head_sources,
+            fit=FitOptions.from_config(cfg), teacher_fit=FitOptions.from_config(
+                cfg, {**ft, **ft["teacher"]}),
+            teachers=tuple(ft["teachers"]), teacher_image_size=ft["teacher"]["image_size"],
+            matching=MatchOptions.from_config(m, cfg), synthetic_images=m["synthetic_images"],
+            use_unlabeled=m["unlabeled"], replay_size=ft["replay"]["size"],
+            teacher_kd=dict(ft["teacher_kd"]), self_training=dict(ft["self_training"]),
+            equalize_images=ft["int8_equalize_images"], weight_grid=ft["int8_weight_grid"])
+
+
+@dataclass
+class TrainedPhase:
+    result: FitResult  # the delivered student (its checkpoint is out_dir/model.ckpt)
+    teachers: dict[str, Path]  # teacher name → its real-fine-tuned checkpoint
+    record: dict  # where everything came from, for real_data.json and the metrics
+    facts: dict  # scalar figures for the metrics file
+
+
+def train_phase_model(data: PhaseData, classes: Sequence[str], opts: RecipeOptions,
+                      out_dir: Path, *, cache_dir: Path | None = None,
+                      trained_teachers: Mapping[str, Path] | None = None,
+                      logger=None) -> TrainedPhase:
+    """Train the phase's delivered model into out_dir/model.ckpt (and its teachers beside
+    it), ready for export: activation ranges equalized and weights on the int8 grid.
+
+    `trained_teachers`: teachers already fine-tuned on these same images (name →
+    checkpoint, as `train_teacher` makes them), used instead of training them again."""
+    out_dir = Path(out_dir)
+    for old in out_dir.glob("teacher*.ckpt"):  # never a stale teacher from an earlier run
+        old.unlink()
+    if opts.recipe == "matching" and data.is_real:
+        trained = _matching(data, classes, opts, out_dir, cache_dir, trained_teachers or {},
+                            logger)
+    else:
+        trained = _finetune(data, classes, opts, out_dir, logger)
+    trained.facts.update(prepare_for_int8(
+        trained.result, data.val, data.train + data.synthetic_train,
+        equalize_images=opts.equalize_images, weight_grid=opts.weight_grid,
+        seed=opts.fit.seed))
+    return trained
+
+
+def train_teacher(name: str, data: PhaseData, classes: Sequence[str], opts: RecipeOptions,
+                  out_file: Path) -> FitResult:
+    """One teacher fine-tuned on the phase's images: the synthetic-stage teacher (with a
+    replay share of its hardest synthetic images) or ImageNet weights of backbone `name`."""
+    labels = [y for _, y in data.train]
+    if name == SYNTHETIC_TEACHER:
+        _require(opts.teacher_ckpt, "train_teacher")
+        model, _ = start_model(opts.teacher_ckpt, classes, labels, opts.teacher_fit,
+                               head_sources=opts.head_sources)
+        replay = hardest(model, data.synthetic_train, opts.replay_size)
+    else:
+        spec = ModelSpec(name, opts.teacher_image_size, pretrained=True, drop_rate=0.2)
+        model, _ = start_model(spec, classes, labels, opts.teacher_fit)
+        replay = []
+    return adapt(model, data.train, data.val, out_file, opts.teacher_fit, replay=replay,
+                 extra_val={"synthetic_val": data.synthetic_val})
+
+
+def _matching(data, classes, opts, out_dir, cache_dir, trained, logger) -> TrainedPhase:
+    if not opts.teachers:
+        raise UserError("finetune.teachers is empty; name at least one teacher "
+                        f"({SYNTHETIC_TEACHER!r} or an ImageNet backbone such as "
+                        "efficientnet_lite0)")
+    teachers, facts = {}, {}
+    for name in opts.teachers:
+        if name in trained:
+            teachers[name] = Path(trained[name])
+            model = load_classifier(teachers[name])
+        else:
+            fitted = train_teacher(name, data, classes, opts, out_dir / f"teacher_{name}.ckpt")
+            teachers[name], model = fitted.checkpoint, fitted.model
+        scores = evaluate_sets(model, {"val": data.val})["val"]
+        facts.update({f"teacher_{name}_val_accuracy": scores["accuracy"],
+                      f"teacher_{name}_val_macro_f1": scores["macro_f1"]})
+    teacher = Teacher.from_checkpoints(list(teachers.values()))
+    unlabeled = data.unlabeled if opts.use_unlabeled else []
+    synthetic = data.synthetic_train if opts.synthetic_images else []
+    transfer = transfer_set(data.train, unlabeled, synthetic, opts.synthetic_images,
+                            opts.matching.seed)
+    source = _student_source(opts)
+    result, record = match(teacher, source, transfer, data.val, out_dir / "model.ckpt",
+                           opts.matching, teacher_id=teacher_id(list(teachers.values())),
+                           head_sources=opts.head_sources if source == opts.student_ckpt
+                           else None, cache_dir=cache_dir, logger=logger)
+    facts.update(epochs=result.epochs, transfer_images=len(transfer))
+    return TrainedPhase(result, teachers, {"recipe": "matching", "teachers": list(teachers),
+                                           **record}, facts)
+
+
+def _finetune(data, classes, opts, out_dir, logger) -> TrainedPhase:
+    labels = [y for _, y in data.train]
+    teachers, facts, teacher_ckpt, kd = {}, {}, None, None
+    if opts.teacher_kd.get("enabled"):
+        taught = train_teacher(SYNTHETIC_TEACHER, data, classes, opts,
+                               out_dir / f"teacher_{SYNTHETIC_TEACHER}.ckpt")
+        teacher_ckpt = teachers[SYNTHETIC_TEACHER] = taught.checkpoint
+        kd = {k: opts.teacher_kd[k] for k in ("temperature", "alpha")}
+        scores = evaluate_sets(taught.model, {"val": data.val})["val"]
+        facts.update(teacher_val_accuracy=scores["accuracy"],
+                     teacher_val_macro_f1=scores["macro_f1"])
+    source = _student_source(opts)
+
+    def fine_tune(train: Items) -> tuple[FitResult, dict]:
+        model, start = start_model(source, classes, labels, opts.fit,
+                                   head_sources=opts.head_sources, kd=kd,
+                                   teacher_ckpt=teacher_ckpt)
+        replay = hardest(model, data.synthetic_train, opts.replay_size) \
+            if source == opts.student_ckpt else []
+        fitted = adapt(model, train, data.val, out_dir / "model.ckpt", opts.fit, replay=replay,
+                       extra_val={"synthetic_val": data.synthetic_val}, logger=logger)
+        return fitted, {**start, "replay_size": len(replay)}
+
+    result, record = fine_tune(data.train)
+    if opts.self_training.get("enabled") and data.unlabeled:
+        pseudo = pseudo_labels(result.model, data.unlabeled, opts.self_training["threshold"])
+        result, record = fine_tune(data.train + pseudo)
+        record["pseudo_labels"] = len(pseudo)
+    facts["epochs"] = result.epochs
+    return TrainedPhase(result, teachers, {"recipe": "finetune", "transfer": record}, facts)
+
+
+def _student_source(opts: RecipeOptions) -> ModelSpec | Path:
+    if opts.student_start == "scratch":
+        return opts.student
+    _require(opts.student_ckpt, "distill_student")
+    return opts.student_ckpt
+
+
+def _require(ckpt: Path | None, stage: str) -> None:
+    if ckpt is None or not Path(ckpt).is_file():
+        raise UserError(f"{ckpt} is missing; run the {stage} stage first (dvc repro)")
+
+
+def pseudo_labels(model, folder_or_paths: str | Sequence[str], threshold: float) -> Items:
+    """Unlabelled images the model classifies with confidence >= threshold, with its class."""
+    paths = load_unlabelled(Path(folder_or_paths))[0] if isinstance(folder_or_paths, str) \
+        else list(folder_or_paths)
+    probs = predict_probs(model, [(p, 0) for p in paths])
+    keep = probs.max(1) >= threshold
+    return [(p, int(y)) for p, y, k in zip(paths, probs.argmax(1), keep, strict=True) if k]
