@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml requirements-export.txt Makefile
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-export.txt
 	touch $(STAMP)
 
+# preflight refuses params that would fail a stage after DVC removed its outputs.
 repro: setup
+	$(BIN)/python -m pipeline preflight
 	$(BIN)/dvc repro
 
 test: setup

@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--group", choices=GROUPINGS, default="near-dup")
     parser.add_argument("--clusters", type=int, default=20, help="k-means clusters (appearance)")
+    parser.add_argument("--only-folds", nargs="*", type=int, default=None, metavar="K",
+                        help="run these folds only (a pilot); the table covers what is done")
     parser.add_argument("--unlabeled", help="unlabelled real images for the transfer set")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides applied to every recipe")
@@ -112,6 +114,8 @@ def bench(opts: argparse.Namespace) -> None:
     for repeat in range(opts.repeats):
         folds = grouped_folds([y for _, y in items], groups, opts.folds, ft["seed"] + repeat)
         for k, test_idx in enumerate(folds):
+            if opts.only_folds is not None and k not in opts.only_folds:
+                continue
             test = [items[i] for i in test_idx]
             rest = [items[i] for i in range(len(items)) if i not in set(test_idx.tolist())]
             train, val, _ = split_real([(p, classes[y]) for p, y in rest], classes,

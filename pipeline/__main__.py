@@ -6,6 +6,9 @@ Stages (run by DVC; `key=value` overrides apply on top of params.yaml for debugg
 Tools:
   compose [hydra overrides]   write params.yaml from conf/ (what `dvc exp run -S` does)
   check-params                exit 1 when params.yaml differs from what conf/ composes to
+  preflight                   exit 2 when params.yaml cannot run here (missing folders,
+                              unknown backbones, missing weights, unreachable tracking
+                              server); `make repro` runs it before `dvc repro`
   import-folder DIR [--phase P] [--json OUT]
                               report how a labelled folder of images would be imported
                               (classes through the alias table, skipped files and why)
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +50,19 @@ def _check_params(args: list[str]) -> int:
         print(f"{PARAMS_FILE} differs from conf/; run `python -m pipeline compose` and commit it")
         return 1
     print(f"{PARAMS_FILE} matches conf/")
+    return 0
+
+
+def _preflight(args: list[str]) -> int:
+    from pipeline.config import find_root, load_params
+    from pipeline.preflight import problems
+
+    root = find_root()
+    found = problems(load_params(root, args), root)
+    if found:
+        raise UserError("params.yaml cannot run on this machine (nothing was run or "
+                        "changed):\n  - " + "\n  - ".join(found))
+    print("preflight: params.yaml can run here")
     return 0
 
 
@@ -150,11 +167,18 @@ def _stage(name: str, args: list[str]) -> int:
     root = find_root()
     cfg = load_params(root, args)
     module = importlib.import_module(f"pipeline.stages.{name}")
+    # A terminated stage (Ctrl-C, `kill`, a CI timeout) unwinds like a failed one: its
+    # temporary files are removed and its MLflow run is marked FAILED.
+    signal.signal(signal.SIGTERM, _terminated)
     if phase is None:
         module.run(cfg, root)
     else:
         module.run(cfg, root, phase)
     return 0
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compose(args)
         if command == "check_params":
             return _check_params(args)
+        if command == "preflight":
+            return _preflight(args)
         if command == "predict":
             return _predict(args)
         if command == "evaluate_folder":

@@ -31,10 +31,10 @@ from pipeline.finetune import (
 )
 from pipeline.matching import MatchOptions, Teacher, match, teacher_id, transfer_set
 from pipeline.models.classifier import load_classifier
+from pipeline.preflight import SYNTHETIC_TEACHER
 from pipeline.training import FitResult, Items, evaluate_sets, predict_probs
 
 RECIPES = ("matching", "finetune")
-SYNTHETIC_TEACHER = "synthetic"  # the teachers entry for models/teacher (ImageNet → synthetic)
 STUDENT_STARTS = ("student", "scratch")
 
 

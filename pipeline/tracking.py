@@ -9,6 +9,7 @@ hash) and one child run per stage execution, tagged with stage, phase, commit an
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -69,6 +70,16 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _is_rank_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
@@ -113,13 +124,26 @@ class StageRun:
             tags["phase"] = self.phase
         parent = self._parent_run(experiment_id, commit, phash)
         name = f"{self.stage}@{self.phase}" if self.phase else self.stage
+        self._fail_abandoned_runs(experiment_id, name)
         run = self._client.create_run(
             experiment_id,
             run_name=name,
-            tags={**tags, "mlflow.parentRunId": parent, "mlflow.runName": name},
+            tags={**tags, "mlflow.parentRunId": parent, "mlflow.runName": name,
+                  "host": socket.gethostname(), "pid": str(os.getpid())},
         )
         self.run_id = run.info.run_id
         return self
+
+    def _fail_abandoned_runs(self, experiment_id: str, name: str) -> None:
+        """Mark FAILED this stage's runs left RUNNING by a killed process on this host (a
+        process that no longer exists cannot finish them)."""
+        runs = self._client.search_runs(
+            [experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+            f"tags.`mlflow.runName` = '{name}' and tags.host = '{socket.gethostname()}'")
+        for run in runs:
+            pid = int(run.data.tags.get("pid", "0") or 0)
+            if pid and not _alive(pid):
+                self._client.set_terminated(run.info.run_id, "FAILED")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.run_id is not None:

@@ -1,0 +1,34 @@
+"""preflight: params that would fail a stage on this machine are refused before any runs."""
+
+import subprocess
+import sys
+
+from pipeline.config import load_params
+from pipeline.preflight import problems
+
+
+def test_default_params_pass(root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert problems(load_params(root), root) == []
+
+
+def test_each_problem_is_named(root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    cfg = load_params(root, [f"data.real.phase3.train={tmp_path / 'missing'}",
+                             "model.student.name=edge_cn", "model.student.pretrained=true",
+                             "finetune.teachers=[synthetic,efficientnet_lite7x]"])
+    found = problems(cfg, root)
+    assert len(found) == 4
+    assert "data.real.phase3.train" in found[0] and "missing" in found[0]
+    assert "model.student.name = 'edge_cn'" in found[1] and "edge_cnn" in found[1]
+    assert "finetune.teachers[1]" in found[2]
+    assert "unreachable" in found[3]
+    assert problems(cfg, root, server=False)[:3] == found[:3]
+
+
+def test_the_command_refuses_in_one_message(root):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "preflight",
+                           "model.teacher.name=resnet1800", "tracking.enabled=false"],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "model.teacher.name = 'resnet1800'" in proc.stderr and "Traceback" not in proc.stderr
