@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +17,10 @@ import yaml
 
 from pipeline.errors import UserError
 from pipeline.files import atomic_path
+from pipeline.schema import problem
 
 PARAMS_FILE = "params.yaml"
 CONF_DIR = "conf"
-
-# Values whose type alone does not say enough: key -> (check, what is expected).
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "synth.image_size": (lambda v: 16 <= v <= 1024, "an integer from 16 to 1024"),
-    "synth.supersample": (lambda v: 1 <= v <= 4, "an integer from 1 to 4"),
-    "synth.images_per_class": (lambda v: v >= 1, "a positive integer"),
-    "synth.heldout_images_per_class": (lambda v: v >= 0, "zero or a positive integer"),
-    "synth.workers": (lambda v: v >= 1, "a positive integer"),
-    "synth.grid_per_cell": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
-    "synth.audit_per_class": (lambda v: v >= 0, "zero or a positive integer"),
-    "split.val_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
-    "split.test_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
-    "split.standin_val_fraction": (lambda v: 0 < v < 0.5, "a fraction between 0 and 0.5"),
-    "split.standin_test_fraction": (lambda v: 0 < v < 0.8, "a fraction between 0 and 0.8"),
-    "split.near_dup_max_distance": (lambda v: 0 <= v <= 16, "an integer from 0 to 16"),
-}
-
 
 def find_root(start: str | Path | None = None) -> Path:
     """The project root: the nearest folder at or above `start` holding conf/config.yaml."""
@@ -74,12 +58,8 @@ def compose(root: Path, overrides: Sequence[str] = ()) -> str:
         finally:
             GlobalHydra.instance().clear()
         text = tmp.read_text(encoding="utf-8")
-    validate(yaml.safe_load(text), reference=None if not overrides else _reference(root))
+    validate(yaml.safe_load(text))
     return text
-
-
-def _reference(root: Path) -> dict:
-    return yaml.safe_load(compose(root))
 
 
 def write_params(root: Path, overrides: Sequence[str] = ()) -> Path:
@@ -100,32 +80,11 @@ def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def _type_ok(value: Any, expected: Any) -> bool:
-    if expected is None or value is None:
-        return True
-    if isinstance(expected, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(expected, bool)
-    if isinstance(expected, float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(expected))
-
-
-def validate(cfg: dict, reference: dict | None = None) -> None:
-    """Refuse values of the wrong type (against `reference`) or outside their range."""
-    leaves = _leaves(cfg)
-    if reference is not None:
-        for key, expected in _leaves(reference).items():
-            if key in leaves and not _type_ok(leaves[key], expected):
-                raise UserError(
-                    f"config key '{key}' = {leaves[key]!r} should be a "
-                    f"{type(expected).__name__} like the default {expected!r}"
-                )
-    for key, (check, expected_text) in _RULES.items():
-        if key not in leaves:
-            continue
-        value = leaves[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not check(value):
-            raise UserError(f"config key '{key}' = {value!r} is invalid: it must be {expected_text}")
+def validate(cfg: dict) -> None:
+    """Refuse a config that does not fit pipeline.schema: one message naming the bad key."""
+    message = problem(cfg)
+    if message is not None:
+        raise UserError(message)
 
 
 def load_params(root: Path, overrides: Sequence[str] = ()) -> dict:
@@ -135,7 +94,6 @@ def load_params(root: Path, overrides: Sequence[str] = ()) -> dict:
         raise UserError(f"{path} is missing; create it with `python -m pipeline compose`")
     with open(path, encoding="utf-8") as fh:
         cfg = yaml.safe_load(fh)
-    reference = yaml.safe_load(yaml.safe_dump(cfg))
     leaves = _leaves(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -152,7 +110,7 @@ def load_params(root: Path, overrides: Sequence[str] = ()) -> dict:
         for part in parents:
             node = node[part]
         node[last] = yaml.safe_load(raw) if raw else None
-    validate(cfg, reference)
+    validate(cfg)
     return cfg
 
 
@@ -160,8 +118,3 @@ def params_hash(cfg: dict) -> str:
     """Short stable hash of a config (key order independent)."""
     text = yaml.safe_dump(cfg, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def section(cfg: dict, *keys: str) -> dict:
-    """The config sections a stage reads, for logging as its params."""
-    return {k: cfg[k] for k in keys}
