@@ -20,7 +20,8 @@ from pipeline.data.real import STANDIN, read_real_data
 from pipeline.errors import UserError
 from pipeline.evaluate.folder import MappedPredictor, map_classes, predict_paths
 from pipeline.evaluate.inference import host_latency_ms, host_name, load_predictor
-from pipeline.evaluate.metrics import classification_metrics, confusion_records
+from pipeline.evaluate.judge import judge
+from pipeline.evaluate.metrics import confusion_records
 from pipeline.evaluate.ood import flag_summary
 from pipeline.evaluate.plots import confusion_figure, figure_png, save_figure
 from pipeline.evaluate.report import write_report
@@ -43,102 +44,102 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         raise UserError(f"unknown phase {phase!r}; evaluate.phases: {sorted(ev['phases'])}")
     phase_cfg, source_phase = cfg["phases"][phase], ev["phases"][phase]
     taxonomy = Taxonomy.from_config(cfg["taxonomy"])
-    tax_phase = phase_cfg["taxonomy"]
-    classes = list(taxonomy.phase(tax_phase).classes)
-    clean = clean_classes(classes)
+    classes = list(taxonomy.phase(phase_cfg["taxonomy"]).classes)
     paths = _model_paths(root, source_phase)
     out = root / layout.reports(phase)
     with StageRun(root, cfg, "evaluate", phase=phase) as tracker:
         tracker.log_params({"evaluate": ev, "phase": phase_cfg})
-        predictors = {}
-        for fmt, path in paths.items():
-            inner = load_predictor(path)
-            mapping = map_classes(inner.class_names, classes, taxonomy,
-                                  overrides=phase_cfg.get("mapping") or None,
-                                  default=phase_cfg.get("default_class", "other"))
-            predictors[fmt] = MappedPredictor(inner, mapping, classes)
-        mapping = predictors[DELIVERED].mapping
-        test_sets, data_kind, data_note = _test_sets(cfg, root, phase, taxonomy, tax_phase, classes)
-
-        summary_rows, metrics_out, per_class, confusions = [], {}, {}, []
+        predictors = {fmt: _mapped(load_predictor(path), classes, taxonomy, phase_cfg)
+                      for fmt, path in paths.items()}
+        test_sets, data_kind, data_note = _test_sets(cfg, root, phase, taxonomy,
+                                                     phase_cfg["taxonomy"], classes)
+        judged = judge(predictors, test_sets, classes, clean_classes(classes), DELIVERED)
         latency = {fmt: host_latency_ms(p)["median_ms"] for fmt, p in predictors.items()}
-        predictions = []
-        for set_name, (items, skipped) in test_sets.items():
-            labels = np.array([y for _, y in items])
-            metrics_out[set_name] = {}
-            for fmt, predictor in predictors.items():
-                kept, probs, _ = predict_paths(predictor, [p for p, _ in items])
-                m = classification_metrics(labels[kept], probs.argmax(1), classes, probs,
-                                           clean_classes=clean)
-                metrics_out[set_name][fmt] = {k: v for k, v in m.items()
-                                              if k not in ("per_class", "confusion")}
-                summary_rows.append({"test_set": set_name, "model": fmt, **{
-                    k: m.get(k) for k in ("accuracy", "macro_f1", "defect_recall",
-                                          "clean_false_alarm", "ece")},
-                    "latency_ms": latency[fmt]})
-                if fmt == DELIVERED:
-                    per_class[set_name] = m["per_class"]
-                    confusions.append({"title": f"{set_name} · {fmt}", "png": figure_png(
-                        confusion_figure(m["confusion"], classes, f"{set_name} ({fmt})",
-                                         normalise=True))})
-                    save_figure(confusion_figure(m["confusion"], classes, f"{set_name} ({fmt})"),
-                                out / f"confusion_{set_name}.png")
-                    predictions += [
-                        {"set": set_name, "image": items[k][0], "actual": classes[labels[k]],
-                         "predicted": classes[int(i)], "confidence": float(probs[j].max())}
-                        for j, (k, i) in enumerate(zip(kept, probs.argmax(1), strict=True))]
-            metrics_out[set_name]["skipped"] = len(skipped)
-
-        primary = next(s for s in ("real_test", "real_val", "standin_test") if s in test_sets)
-        records = [r for r in predictions if r["set"] == primary]
-        write_json(out / "confusion.json", confusion_records(
-            [classes.index(r["actual"]) for r in records],
-            [classes.index(r["predicted"]) for r in records], classes))
-        write_csv(out / "predictions.csv", predictions,
-                  ["set", "image", "actual", "predicted", "confidence"])
-        _per_class_csv(out / "per_class.csv", per_class)
-
-        robust_items = test_sets["synthetic_test"][0][: ev["robustness_images"]]
-        table = robustness_table(predictors[DELIVERED],
-                                 [read_gray8(Path(p)) for p, _ in robust_items],
-                                 [y for _, y in robust_items], classes, seed=ev["seed"])
-        robust_png = figure_png(robustness_figure(table))
+        robustness = _robustness(predictors[DELIVERED], test_sets, classes, ev)
         manifest = _manifest(root, source_phase)
         files_judged = {fmt: {"path": str(p.relative_to(root)), "sha256": sha256_file(p)}
                         for fmt, p in paths.items()}
-        ood = _ood(manifest, predictors[DELIVERED], test_sets)
-        metrics_out["models"] = files_judged
-        metrics_out["data"] = {"kind": data_kind, "note": data_note}
-        metrics_out["class_mapping"] = mapping.report()
-        metrics_out["robustness"] = table
-        write_json(out / "metrics.json", metrics_out)
-
-        write_report(out / "report.html", {
-            "title": f"SEM defect classification — {phase}", "phase": phase,
-            "data_kind": "real" if data_kind == "real" else "stand-in", "data_note": data_note,
-            "summary": summary_rows, "confusions": confusions, "per_class": per_class,
-            "worst": _worst(predictions, primary, ev["worst_images"]),
-            "robustness_table": table, "robustness_png": robust_png, "ood": ood,
-            **({"class_mapping": mapping.report()} if source_phase != phase else {}),
-            "edge": {**manifest.get("edge", {}), "host_latency_ms": latency[DELIVERED],
-                     "host": host_name()},
-            "provenance": {"judged model": f"{source_phase} ({paths[DELIVERED].name})",
-                           **{f"{fmt} sha256": v["sha256"] for fmt, v in files_judged.items()},
-                           "git commit": git_commit(root),
-                           "params hash": manifest.get("params_hash", "")},
-        })
+        metrics = _write_outputs(out, judged, classes, files_judged, data_kind, data_note,
+                                 predictors[DELIVERED].mapping.report(), robustness)
+        write_report(out / "report.html", _report_context(
+            phase, source_phase, judged, latency, robustness, manifest, files_judged,
+            data_kind, data_note, predictors[DELIVERED], test_sets, root, ev))
         if cfg["data"]["real"][phase]["unlabeled"]:
             _submission(predictors[DELIVERED], cfg["data"]["real"][phase]["unlabeled"], out)
-
-        flat = {f"{s}/{fmt}/{k}": v for s, by_fmt in metrics_out.items() if s in test_sets
-                for fmt, m in by_fmt.items() if isinstance(m, dict)
-                for k, v in m.items() if isinstance(v, int | float) and np.isfinite(v)}
-        tracker.log_metrics(flat)
+        tracker.log_metrics(metrics)
         tracker.set_tags({"data_source": data_kind, "judged_phase": source_phase,
                           **{f"{fmt}_sha256": v["sha256"] for fmt, v in files_judged.items()}})
         tracker.log_artifacts(out, "report")
         log.info("evaluate@%s (%s): %s", phase, data_kind,
-                 {k: round(v, 4) for k, v in flat.items() if k.endswith("/accuracy")})
+                 {k: round(v, 4) for k, v in metrics.items() if k.endswith("/accuracy")})
+
+
+def _mapped(inner, classes, taxonomy, phase_cfg) -> MappedPredictor:
+    """The predictor scored in the phase's classes (phase 2 maps the phase-1 model's)."""
+    mapping = map_classes(inner.class_names, classes, taxonomy,
+                          overrides=phase_cfg.get("mapping") or None,
+                          default=phase_cfg.get("default_class", "other"))
+    return MappedPredictor(inner, mapping, classes)
+
+
+def _robustness(predictor, test_sets, classes, ev) -> list[dict]:
+    items = test_sets["synthetic_test"][0][: ev["robustness_images"]]
+    return robustness_table(predictor, [read_gray8(Path(p)) for p, _ in items],
+                            [y for _, y in items], classes, seed=ev["seed"])
+
+
+def _primary(judged) -> str:
+    """The set the confusion plot and the worst-mistakes table show: the realest one."""
+    return next(s for s in ("real_test", "real_val", "standin_test") if s in judged.metrics)
+
+
+def _write_outputs(out, judged, classes, files_judged, data_kind, data_note, mapping,
+                   robustness) -> dict[str, float]:
+    """metrics.json, confusion.json (dvc plots), predictions.csv, per_class.csv and the
+    confusion PNGs; returns the flat numeric metrics for MLflow."""
+    primary = _primary(judged)
+    records = [r for r in judged.predictions if r["set"] == primary]
+    write_json(out / "confusion.json", confusion_records(
+        [classes.index(r["actual"]) for r in records],
+        [classes.index(r["predicted"]) for r in records], classes))
+    write_csv(out / "predictions.csv", judged.predictions,
+              ["set", "image", "actual", "predicted", "confidence"])
+    _per_class_csv(out / "per_class.csv", judged.per_class)
+    for set_name, cm in judged.confusion.items():
+        save_figure(confusion_figure(cm, classes, f"{set_name} ({DELIVERED})"),
+                    out / f"confusion_{set_name}.png")
+    metrics_out = {s: {**by_fmt, "skipped": judged.skipped.get(s, 0)}
+                   for s, by_fmt in judged.metrics.items()}
+    write_json(out / "metrics.json", {
+        **metrics_out, "models": files_judged, "data": {"kind": data_kind, "note": data_note},
+        "class_mapping": mapping, "robustness": robustness})
+    return {f"{s}/{fmt}/{k}": v for s, by_fmt in judged.metrics.items()
+            for fmt, m in by_fmt.items() for k, v in m.items()
+            if isinstance(v, int | float) and np.isfinite(v)}
+
+
+def _report_context(phase, source_phase, judged, latency, robustness, manifest, files_judged,
+                    data_kind, data_note, delivered, test_sets, root, ev) -> dict:
+    classes = delivered.class_names
+    return {
+        "title": f"SEM defect classification — {phase}", "phase": phase,
+        "data_kind": "real" if data_kind == "real" else "stand-in", "data_note": data_note,
+        "summary": judged.summary_rows(latency),
+        "confusions": [{"title": f"{s} · {DELIVERED}", "png": figure_png(confusion_figure(
+            cm, classes, f"{s} ({DELIVERED})", normalise=True))}
+            for s, cm in judged.confusion.items()],
+        "per_class": judged.per_class,
+        "worst": _worst(judged.predictions, _primary(judged), ev["worst_images"]),
+        "robustness_table": robustness, "robustness_png": figure_png(robustness_figure(robustness)),
+        "ood": _ood(manifest, delivered, test_sets),
+        **({"class_mapping": delivered.mapping.report()} if source_phase != phase else {}),
+        "edge": {**manifest.get("edge", {}), "host_latency_ms": latency[DELIVERED],
+                 "host": host_name()},
+        "provenance": {"judged model": f"{source_phase} ({Path(files_judged[DELIVERED]['path']).name})",
+                       **{f"{fmt} sha256": v["sha256"] for fmt, v in files_judged.items()},
+                       "git commit": git_commit(root),
+                       "params hash": manifest.get("params_hash", "")},
+    }
 
 
 def _model_paths(root: Path, source_phase: str) -> dict[str, Path]:

@@ -45,10 +45,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                                            splits["test"], q)
     with StageRun(root, cfg, "quantize", phase=phase) as tracker:
         tracker.log_params({"quantize": q})
-        metadata = {"class_names": json.dumps(classes), "phase": phase,
-                    "preprocess": json.dumps(pp.to_dict()),
-                    "source_checkpoint_sha256": sha256_file(ckpt),
-                    "backbone": model.hparams.backbone}
+        metadata = _onnx_metadata(model, phase, ckpt)
         delivery = deliver(model.net, pp, classes, root / layout.artifacts(phase),
                            image_batch([p for p, _ in cal_items], pp),
                            image_batch([p for p, _ in parity_items], pp),
@@ -72,6 +69,13 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             raise UserError(f"parity gates failed for {phase}: "
                             f"{'; '.join(delivery.parity['failures'])} (a broken export; table "
                             f"in {layout.artifacts(phase) / 'parity.json'})")
+
+
+def _onnx_metadata(model, phase: str, ckpt: Path) -> dict[str, str]:
+    """The contract stored inside the ONNX files (pipeline.evaluate.inference reads it)."""
+    return {"class_names": json.dumps(list(model.hparams.class_names)), "phase": phase,
+            "preprocess": json.dumps(model.pp.to_dict()),
+            "source_checkpoint_sha256": sha256_file(ckpt), "backbone": model.hparams.backbone}
 
 
 def _report(tracker: StageRun, root: Path, phase: str, delivery) -> None:
