@@ -63,8 +63,15 @@ def compose(root: Path, overrides: Sequence[str] = ()) -> str:
 
 
 def write_params(root: Path, overrides: Sequence[str] = ()) -> Path:
-    """Compose and write params.yaml atomically."""
+    """Compose and write params.yaml atomically, refusing (and leaving the old file) params
+    that cannot run on this machine (pipeline.preflight, all but the server check)."""
+    from pipeline.preflight import problems
+
     text = compose(root, overrides)
+    found = problems(yaml.safe_load(text), root, server=False)
+    if found:
+        raise UserError(f"overrides {list(overrides)} cannot run on this machine; "
+                        f"{PARAMS_FILE} is unchanged:\n  - " + "\n  - ".join(found))
     target = root / PARAMS_FILE
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -32,3 +32,19 @@ def test_the_command_refuses_in_one_message(root):
                           cwd=root, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "model.teacher.name = 'resnet1800'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compose_refuses_params_that_cannot_run_and_keeps_params_yaml(root, tmp_path):
+    import shutil
+
+    import pytest
+
+    from pipeline.config import write_params
+    from pipeline.errors import UserError
+
+    shutil.copytree(root / "conf", tmp_path / "conf")
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_bytes()
+    with pytest.raises(UserError, match="data.real.phase1.test"):
+        write_params(tmp_path, [f"data.real.phase1.test={tmp_path / 'nowhere'}"])
+    assert (tmp_path / "params.yaml").read_bytes() == before
