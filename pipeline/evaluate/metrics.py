@@ -1,11 +1,26 @@
-"""Classification metrics shared by training, evaluation and the user commands."""
+"""Classification metrics shared by training, evaluation and the user commands.
+
+Macro and weighted averages are torchmetrics' (the functions behind the metrics that
+SEMClassifier logs during validation, so the F1 that picks checkpoints is the one reported).
+Macro leaves out a class absent from both targets and predictions; a class that is predicted
+but never true counts with precision, recall and F1 0 (as sklearn's default labels would).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from torchmetrics.functional.classification import (
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+_AVERAGED = {"precision": multiclass_precision, "recall": multiclass_recall,
+             "f1": multiclass_f1_score}
 
 
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
@@ -35,13 +50,10 @@ def classification_metrics(
     y_pred = np.asarray(y_pred, dtype=int)
     labels = list(range(len(class_names)))
     out: dict = {"n": int(len(y_true)), "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0}
-    present = sorted(set(y_true.tolist()))
+    target, preds = torch.as_tensor(y_true), torch.as_tensor(y_pred)
     for avg in ("macro", "weighted"):
-        # Macro averages over the classes present in y_true, so absent classes do not count as 0.
-        p, r, f, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=present, average=avg, zero_division=0
-        )
-        out.update({f"{avg}_precision": float(p), f"{avg}_recall": float(r), f"{avg}_f1": float(f)})
+        for key, score in _AVERAGED.items():
+            out[f"{avg}_{key}"] = float(score(preds, target, len(labels), average=avg))
     p, r, f, s = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0
     )

@@ -22,6 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
 
 from pipeline.errors import UserError
 from pipeline.models.backbones import build_backbone
@@ -39,6 +45,9 @@ class SEMClassifier(L.LightningModule):
     optimizer: {lr, weight_decay, warmup_epochs}; kd: {temperature, alpha[, teacher_logits]}:
     with teacher_logits "cached" the batches carry the teacher's logits and the teacher file
     is recorded but not loaded.
+    Validation metrics are torchmetrics objects per loader name, so under DDP they are summed
+    over every rank before they are logged; macro-F1 has the definition of
+    `pipeline.evaluate.metrics.classification_metrics`.
     After validation, `last_confusion[loader_name]` holds the confusion matrix (rows = true).
     """
 
@@ -93,7 +102,12 @@ class SEMClassifier(L.LightningModule):
         )
         self.teacher: SEMClassifier | None = None  # plain attribute, see module docstring
         self.last_confusion: dict[str, np.ndarray] = {}
-        self._eval_stats: dict[str, list] = {}
+        # Per validation loader name, filled in setup (names from the datamodule) so they move
+        # with the module to its device; metric states are not persistent, so checkpoints do
+        # not change.
+        self.val_scores = nn.ModuleDict()  # MetricCollection: acc, macro_f1, confusion
+        self.val_loss = nn.ModuleDict()  # MeanMetric of the per-image cross-entropy
+        self._val_seen: list[str] = []  # loader names validated this epoch, in order
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "teacher":  # bypass nn.Module registration: not a child, not in state_dict
@@ -110,6 +124,9 @@ class SEMClassifier(L.LightningModule):
 
     # ---- distillation -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        for name in getattr(datamodule, "val_names", None) or ():
+            self._val_metrics(name)
         cached = (self.hparams.kd or {}).get("teacher_logits") == "cached"
         if stage == "fit" and self.hparams.teacher_ckpt and self.teacher is None and not cached:
             self.teacher = load_teacher(self.hparams.teacher_ckpt, self.hparams.class_names)
@@ -184,7 +201,9 @@ class SEMClassifier(L.LightningModule):
 
     # ---- evaluation ---------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._eval_stats = {}
+        for metric in (*self.val_scores.values(), *self.val_loss.values()):
+            metric.reset()
+        self._val_seen = []
 
     def validation_step(
         self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -192,26 +211,46 @@ class SEMClassifier(L.LightningModule):
         x, y = batch
         logits = self(self.pp.fit_tensor(x))
         name = self._loader_name(dataloader_idx)
-        c = self.hparams.num_classes
-        cm_loss = self._eval_stats.setdefault(name, [torch.zeros(c * c, dtype=torch.long), 0.0])
-        cm_loss[0] += torch.bincount((y * c + logits.argmax(1)).cpu(), minlength=c * c)
+        self._val_metrics(name)
+        if name not in self._val_seen:
+            self._val_seen.append(name)
+        self.val_scores[name].update(logits.argmax(1), y)
         # Plain CE (no smoothing/weights) so val loss is comparable between loss configs.
-        cm_loss[1] += float(F.cross_entropy(logits, y, reduction="sum"))
+        self.val_loss[name].update(F.cross_entropy(logits, y, reduction="none"))
 
     def on_validation_epoch_end(self) -> None:
-        c = self.hparams.num_classes
-        for name, (cm_flat, loss_sum) in self._eval_stats.items():
-            cm = cm_flat.view(c, c).numpy()
-            self.last_confusion[name] = cm
-            acc, f1 = confusion_scores(cm)
+        # compute() sums the states of every rank. Every rank runs the same loaders (the
+        # distributed sampler pads each to equal length, repeating up to world_size - 1
+        # images), so all of them join each gather.
+        for name in self._val_seen:
+            scores = self.val_scores[name].compute()
+            self.last_confusion[name] = scores["confusion"].cpu().numpy()
             self.log_dict(
                 {
-                    f"{name}/loss": loss_sum / max(1, cm.sum()),
-                    f"{name}/acc": acc,
-                    f"{name}/macro_f1": f1,
+                    f"{name}/loss": self.val_loss[name].compute(),
+                    f"{name}/acc": scores["acc"],
+                    f"{name}/macro_f1": scores["macro_f1"],
                 },
                 prog_bar=name == "val",
+                # Already equal on every rank; sync_dist (a mean of equal values) only keeps
+                # Lightning from warning that epoch-level values are not synchronised.
+                sync_dist=True,
             )
+
+    def _val_metrics(self, name: str) -> None:
+        """Create the metrics of loader `name` (on the module's device) if it has none."""
+        if name in self.val_scores:
+            return
+        c = self.hparams.num_classes
+        self.val_scores[name] = MetricCollection({
+            "acc": MulticlassAccuracy(c, average="micro"),  # the default "macro" is not accuracy
+            # Macro leaves out a class absent from both targets and predictions (torchmetrics
+            # gives it weight 0), as classification_metrics does.
+            "macro_f1": MulticlassF1Score(c, average="macro"),
+            "confusion": MulticlassConfusionMatrix(c),
+        }).to(self.device)
+        # "disable": a NaN loss (a diverged model) shows as NaN, not as the mean of the rest.
+        self.val_loss[name] = MeanMetric(nan_strategy="disable").to(self.device)
 
     def _loader_name(self, idx: int) -> str:
         names = getattr(self.trainer.datamodule, "val_names", None)
@@ -226,21 +265,6 @@ def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def confusion_scores(cm: np.ndarray) -> tuple[float, float]:
-    """(accuracy, macro F1) from a confusion matrix (rows = true class).
-
-    Macro F1 averages over classes that occur as a target or a prediction; a class absent
-    from both has no defined F1 and is left out instead of counting as 0 or 1.
-    """
-    tp = np.diag(cm).astype(np.float64)
-    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
-    denom = 2 * tp + fp + fn
-    seen = denom > 0
-    acc = float(tp.sum() / cm.sum()) if cm.sum() else 0.0
-    f1 = float(np.mean(2 * tp[seen] / denom[seen])) if seen.any() else 0.0
-    return acc, f1
 
 
 def checkpoint_preprocess(path: str | Path) -> Preprocess:

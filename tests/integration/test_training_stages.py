@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline.files import read_csv
 from pipeline.models.classifier import SEMClassifier
 from tests.integration.conftest import BIN, make_project, run
 
@@ -18,6 +20,13 @@ def _runs(project, stage):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sem-defect-pipeline")
     return client, client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'")
+
+
+def _macro_f1(cm: np.ndarray) -> float:
+    """Mean F1 over the classes that are true or predicted at least once (rows = true)."""
+    tp = np.diag(cm)
+    denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)
+    return float(np.mean(2 * tp[denom > 0] / denom[denom > 0]))
 
 
 def test_models_are_written_and_load_safely(smoke_project):
@@ -100,7 +109,18 @@ def test_ddp_two_cpu_processes_only_rank0_logs_and_writes(tmp_path):
         env={"MLFLOW_TRACKING_URI": ""})
     _, runs = _runs(project, "train_teacher")
     assert len(runs) == 1, "only rank 0 opens a run"
-    assert runs[0].data.metrics["final/val/accuracy"] >= 0
+    # Rank 0 alone scores the delivered model on every image of each split (not on its DDP
+    # shard) and logs what it writes.
+    logged, written = runs[0].data.metrics, json.loads(
+        (project / "models/teacher/metrics.json").read_text())
+    for split in ("val", "test", "heldout"):
+        rows = len(read_csv(project / "data/splits" / f"{split}.csv"))
+        scores, cm = written[split], np.array(written[split]["confusion"])
+        assert scores["n"] == cm.sum() == rows, split
+        assert scores["accuracy"] == pytest.approx(np.trace(cm) / rows), split
+        assert scores["macro_f1"] == pytest.approx(_macro_f1(cm)), split
+        for key in ("accuracy", "macro_f1"):
+            assert logged[f"final/{split}/{key}"] == pytest.approx(scores[key], abs=1e-9), key
     assert runs[0].data.params["trainer.strategy"] == "ddp"
     files = sorted(p.name for p in (project / "models/teacher").iterdir())
     assert "model.ckpt" in files and not scratch.exists()

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from pipeline.evaluate.metrics import classification_metrics, expected_calibration_error
 from pipeline.training import loss_config, phase_items
@@ -10,15 +9,33 @@ Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]
 Y_PRED = [0, 1, 0, 1, 1, 2, 0, 2, 1, 1]
 
 
-def test_metrics_match_sklearn():
+def test_metrics_match_hand_computed_values():
+    """Confusion [[2,1,0],[0,3,0],[1,1,2]]: per class (tp, fp, fn) = (2,1,1), (3,2,0), (2,0,2)."""
     m = classification_metrics(Y_TRUE, Y_PRED, NAMES)
-    assert m["accuracy"] == pytest.approx(accuracy_score(Y_TRUE, Y_PRED))
-    for avg in ("macro", "weighted"):
-        assert m[f"{avg}_f1"] == pytest.approx(f1_score(Y_TRUE, Y_PRED, average=avg))
-        assert m[f"{avg}_precision"] == pytest.approx(precision_score(Y_TRUE, Y_PRED, average=avg))
-        assert m[f"{avg}_recall"] == pytest.approx(recall_score(Y_TRUE, Y_PRED, average=avg))
     assert m["confusion"] == [[2, 1, 0], [0, 3, 0], [1, 1, 2]]
-    assert m["per_class"]["open"]["recall"] == pytest.approx(0.5)
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    precision, recall, f1 = [2 / 3, 3 / 5, 1.0], [2 / 3, 1.0, 1 / 2], [2 / 3, 3 / 4, 2 / 3]
+    for i, name in enumerate(NAMES):
+        assert m["per_class"][name] == pytest.approx(
+            {"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": [3, 3, 4][i]})
+    assert m["macro_precision"] == pytest.approx(34 / 45)  # (2/3 + 3/5 + 1) / 3
+    assert m["macro_recall"] == pytest.approx(13 / 18)  # (2/3 + 1 + 1/2) / 3
+    assert m["macro_f1"] == pytest.approx(25 / 36)  # (2/3 + 3/4 + 2/3) / 3
+    # Weighted by support 3, 3, 4.
+    assert m["weighted_precision"] == pytest.approx((3 * 2 / 3 + 3 * 3 / 5 + 4 * 1) / 10)
+    assert m["weighted_recall"] == pytest.approx(7 / 10)
+    assert m["weighted_f1"] == pytest.approx((3 * 2 / 3 + 3 * 3 / 4 + 4 * 2 / 3) / 10)
+
+
+def test_macro_skips_classes_absent_from_both_and_counts_predicted_only_ones():
+    """Class 3 is predicted once but never true (F1 0, counted); class 4 never appears (left
+    out): the definition SEMClassifier logs during validation."""
+    m = classification_metrics([0, 0, 1, 1, 2], [0, 3, 1, 1, 2], ["a", "b", "c", "d", "e"])
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 1 + 0) / 4)
+    assert m["macro_precision"] == pytest.approx((1 + 1 + 1 + 0) / 4)
+    assert m["macro_recall"] == pytest.approx((1 / 2 + 1 + 1 + 0) / 4)
+    assert m["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 * 1 + 1 * 1) / 5)
+    assert m["per_class"]["e"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
 
 
 def test_defect_detection_and_false_alarms():

@@ -1,11 +1,14 @@
 """report.html: all sections, escaped text, nothing fetched from outside."""
 
+import errno
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.evaluate import report as report_module
 from pipeline.evaluate.plots import confusion_figure, figure_png
 from pipeline.evaluate.report import render_report, write_report
 from pipeline.evaluate.robustness import robustness_figure
@@ -115,4 +118,36 @@ def test_write_report_is_atomic_and_complete(tmp_path):
     path = tmp_path / "reports" / "report.html"
     write_report(path, synthetic_ctx(tmp_path, "real"))
     assert path.read_text(encoding="utf-8").endswith("</html>\n")
+    assert [p.name for p in path.parent.iterdir()] == ["report.html"]
+
+
+@pytest.mark.parametrize("failure", ["render", "write"])
+def test_failed_report_keeps_the_previous_one_and_no_temporary_file(tmp_path, monkeypatch,
+                                                                    failure):
+    """A section that raises midway, or a disk that fills after half the page is written,
+    leaves the previous report byte for byte and nothing else beside it."""
+    path = tmp_path / "reports" / "report.html"
+    write_report(path, synthetic_ctx(tmp_path, "real"))
+    before = path.read_bytes()
+    ctx = synthetic_ctx(tmp_path)  # built first: it writes a file itself
+    if failure == "render":
+        def broken_section(edge):  # after the summary, mapping, ... sections have rendered
+            raise RuntimeError("section failed")
+
+        monkeypatch.setattr(report_module, "_edge", broken_section)
+        error = RuntimeError
+    else:
+        real_write = Path.write_bytes
+
+        def half_then_full_disk(self, data):
+            if self.parent != path.parent:
+                return real_write(self, data)
+            real_write(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(Path, "write_bytes", half_then_full_disk)
+        error = OSError
+    with pytest.raises(error):
+        write_report(path, ctx)
+    assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]

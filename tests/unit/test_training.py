@@ -3,10 +3,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.data.datamodule import SEMDataModule
 from pipeline.data.transforms import build_augment
 from pipeline.errors import UserError
+from pipeline.evaluate.metrics import classification_metrics
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
 
 CLASSES = ["clean", "bridge", "open"]
@@ -166,3 +169,42 @@ def test_config_mistakes_are_user_errors(items, tmp_path):
             kd={"temperature": 2.0, "alpha": 0.5},
         )
         model.setup("fit")
+
+
+class _Scripted(SEMClassifier):
+    """Predicts the class written in each image's first pixel (as class / 10)."""
+
+    def forward(self, x):
+        return F.one_hot((x[:, 0, 0, 0] * 10).round().long(), self.hparams.num_classes).float()
+
+
+def _scripted_loader(y_true, y_pred):
+    x = torch.zeros(len(y_pred), 1, 32, 32)
+    x[:, 0, 0, 0] = torch.tensor(y_pred, dtype=torch.float32) / 10
+    # Batches of 2 over 5 images: the scores must add up states, not average batches.
+    return DataLoader(TensorDataset(x, torch.tensor(y_true)), batch_size=2)
+
+
+def test_validation_metrics_are_the_reported_metrics():
+    """Logged val acc/macro-F1/loss/confusion equal classification_metrics on the same
+    predictions, with a class only predicted (3) and one absent from both (4)."""
+    names = ["clean", "bridge", "open", "cmp", "via"]
+    sets = {
+        "val": ([0, 0, 1, 1, 2], [0, 3, 1, 1, 2]),  # hand value: (2/3 + 1 + 1 + 0) / 4
+        "val_1": ([0, 1, 2, 2, 3, 1, 0], [0, 2, 2, 1, 3, 1, 1]),
+    }
+    model = _Scripted("plain_cnn", 5, names, {"image_size": 32}, loss=LOSS, optimizer=OPT,
+                      max_epochs=1)
+    trainer = _trainer()
+    for _ in range(2):  # a second epoch must start from zero, not add to the first
+        trainer.validate(model, [_scripted_loader(*sets[k]) for k in sets], verbose=False)
+        logged = trainer.callback_metrics
+        for name, (y_true, y_pred) in sets.items():
+            m = classification_metrics(y_true, y_pred, names)
+            assert float(logged[f"{name}/macro_f1"]) == pytest.approx(m["macro_f1"]), name
+            assert float(logged[f"{name}/acc"]) == pytest.approx(m["accuracy"]), name
+            assert model.last_confusion[name].tolist() == m["confusion"], name
+            logits = F.one_hot(torch.tensor(y_pred), 5).float()
+            loss = F.cross_entropy(logits, torch.tensor(y_true))
+            assert float(logged[f"{name}/loss"]) == pytest.approx(float(loss)), name
+    assert float(logged["val/macro_f1"]) == pytest.approx(2 / 3)
