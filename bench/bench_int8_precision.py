@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import layout  # noqa: E402
 from pipeline.config import find_root, load_params  # noqa: E402
 from pipeline.data.real import read_real_data  # noqa: E402
+from pipeline.data.split import phase_items  # noqa: E402
 from pipeline.export.deliver import image_batch, pick_samples  # noqa: E402
 from pipeline.export.onnx_export import export_onnx, onnx_logits  # noqa: E402
 from pipeline.export.output_code import OutputCode, coded_net, decoder  # noqa: E402
@@ -49,7 +50,6 @@ from pipeline.export.tflite import INT8_NAME, INT16X8_NAME, tflite_io, tflite_pr
 from pipeline.models.classifier import load_classifier  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.taxonomy import Taxonomy  # noqa: E402
-from pipeline.training import phase_items  # noqa: E402
 
 # (activation type, weight type, calibration method)
 VARIANTS = {

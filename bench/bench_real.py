@@ -41,6 +41,7 @@ from pipeline.data.folds import (  # noqa: E402
 from pipeline.data.images import read_gray8  # noqa: E402
 from pipeline.data.importer import load_unlabelled  # noqa: E402
 from pipeline.data.real import group_near_duplicates, load_real_folder, split_real  # noqa: E402
+from pipeline.data.split import phase_items  # noqa: E402
 from pipeline.evaluate.metrics import classification_metrics  # noqa: E402
 from pipeline.export.deliver import (  # noqa: E402
     DeliveryOptions,
@@ -54,7 +55,7 @@ from pipeline.models.surgery import head_row_sources  # noqa: E402
 from pipeline.recipes import PhaseData, RecipeOptions, train_phase_model, train_teacher  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.taxonomy import Taxonomy, clean_classes  # noqa: E402
-from pipeline.training import phase_items, predict_probs  # noqa: E402
+from pipeline.training import predict_probs  # noqa: E402
 
 # name -> (config overrides, whether a student is trained; False scores the teachers alone)
 RECIPES: dict[str, tuple[list[str], bool]] = {
@@ -65,6 +66,8 @@ RECIPES: dict[str, tuple[list[str], bool]] = {
     "teacher_lite2": (["finetune.teachers=[efficientnet_lite2]"], False),
     "ensemble": (["finetune.teachers=[synthetic,efficientnet_lite1,efficientnet_lite2]"], False),
     "matching": ([], True),
+    "matching_ensemble": (["finetune.teachers=[synthetic,efficientnet_lite1,efficientnet_lite2]"],
+                          True),
     "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", "finetune.init=scratch",
                           "finetune.matching.synthetic_images=0"], True),
 }

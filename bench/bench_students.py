@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import find_root, load_params  # noqa: E402
 from pipeline.data.datamodule import SEMDataModule  # noqa: E402
+from pipeline.data.split import phase_items  # noqa: E402
 from pipeline.export.deliver import DeliveryOptions, deliver, image_batch  # noqa: E402
 from pipeline.finetune import prepare_for_int8  # noqa: E402
 from pipeline.models.backbones import count_params  # noqa: E402
@@ -34,7 +35,7 @@ from pipeline.models.classifier import SEMClassifier  # noqa: E402
 from pipeline.models.preprocess import Preprocess  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.taxonomy import Taxonomy  # noqa: E402
-from pipeline.training import fit, phase_items  # noqa: E402
+from pipeline.training import fit  # noqa: E402
 
 # Shipped students, plus narrower conv heads (name:head_features) as flash-budget candidates.
 STUDENTS = ["edge_cnn", "mobilenetv3_small_050", "mobilenetv3_small_050:512",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,12 @@ def write_params(root: Path, overrides: Sequence[str] = ()) -> Path:
     return target
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as {"dotted.key": leaf value} (what overrides and MLflow params name)."""
+    if isinstance(tree, Mapping):
         out: dict[str, Any] = {}
         for k, v in tree.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: tree}
 
@@ -101,7 +102,7 @@ def load_params(root: Path, overrides: Sequence[str] = ()) -> dict:
         raise UserError(f"{path} is missing; create it with `python -m pipeline compose`")
     with open(path, encoding="utf-8") as fh:
         cfg = yaml.safe_load(fh)
-    leaves = _leaves(cfg)
+    leaves = flatten(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:

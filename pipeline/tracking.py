@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import params_hash
+from pipeline.config import flatten, params_hash
 from pipeline.errors import UserError
 
 # Fail fast instead of MLflow's default minutes of retries against a dead server.
@@ -58,16 +58,6 @@ def git_commit(root: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value)[:6000]
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -113,16 +103,16 @@ class StageRun:
         self._client = MlflowClient(tracking_uri=self.uri)
         experiment_id = self._experiment_id()
         commit = git_commit(self.root)
-        phash = params_hash(dict(self.cfg))
+        config_hash = params_hash(dict(self.cfg))
         tags = {
             "stage": self.stage,
             "git_commit": commit,
-            "params_hash": phash,
+            "params_hash": config_hash,
             "experiment_preset": str(self.cfg.get("experiment_name", "")),
         }
         if self.phase:
             tags["phase"] = self.phase
-        parent = self._parent_run(experiment_id, commit, phash)
+        parent = self._parent_run(experiment_id, commit, config_hash)
         name = f"{self.stage}@{self.phase}" if self.phase else self.stage
         self._fail_abandoned_runs(experiment_id, name)
         run = self._client.create_run(
@@ -159,8 +149,8 @@ class StageRun:
             location = (self.root / ARTIFACT_DIR).resolve().as_uri()
         return self._client.create_experiment(self.experiment, artifact_location=location)
 
-    def _parent_run(self, experiment_id: str, commit: str, phash: str) -> str:
-        key = f"{commit[:12]}-{phash}"
+    def _parent_run(self, experiment_id: str, commit: str, config_hash: str) -> str:
+        key = f"{commit[:12]}-{config_hash}"
         runs = self._client.search_runs(
             [experiment_id], filter_string=f"tags.pipeline_key = '{key}'", max_results=1
         )
@@ -169,7 +159,7 @@ class StageRun:
         run = self._client.create_run(
             experiment_id,
             run_name=f"pipeline {key}",
-            tags={"pipeline_key": key, "git_commit": commit, "params_hash": phash,
+            tags={"pipeline_key": key, "git_commit": commit, "params_hash": config_hash,
                   "experiment_preset": str(self.cfg.get("experiment_name", ""))},
         )
         self._client.log_text(run.info.run_id, _yaml(self.cfg), "config/params.yaml")
@@ -183,7 +173,7 @@ class StageRun:
             return
         from mlflow.entities import Param
 
-        flat = sorted(_flatten(params).items())
+        flat = sorted((k, str(v)[:6000]) for k, v in flatten(params).items())
         for start in range(0, len(flat), 100):
             batch = [Param(k, v) for k, v in flat[start : start + 100]]
             self._client.log_batch(self.run_id, params=batch)
@@ -202,10 +192,6 @@ class StageRun:
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         if self.run_id is not None:
             self._client.log_artifacts(self.run_id, str(folder), artifact_path)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        if self.run_id is not None:
-            self._client.log_text(self.run_id, text, artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.run_id is None:

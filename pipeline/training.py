@@ -25,21 +25,11 @@ from pipeline.files import write_bytes
 from pipeline.models.classifier import SEMClassifier
 from pipeline.models.losses import class_weights_from_counts
 from pipeline.models.preprocess import Preprocess
-from pipeline.taxonomy import Taxonomy
 
 Items = list[tuple[str, int]]
 MONITOR = "val/macro_f1"
 # Lightning checkpoint entries that only matter for resuming; the delivered file drops them.
 _RESUME_ONLY = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
-
-
-def phase_items(rows: Sequence[Mapping], root: Path, taxonomy: Taxonomy, phase: str) -> Items:
-    """(absolute path, phase class index) for split rows, through the fine→phase table."""
-    classes = taxonomy.phase(phase).classes
-    return [
-        (str(root / r["path"]), classes.index(taxonomy.map_fine(r["fine_class"], phase)))
-        for r in rows
-    ]
 
 
 def loss_config(loss: Mapping, labels: Sequence[int], num_classes: int) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.data.hashing import near_duplicates, phash_dihedral
 from pipeline.data.images import read_gray8
 from pipeline.data.importer import import_folder
-from pipeline.data.split import grouped_stratified_split, leakage_report
+from pipeline.data.split import grouped_stratified_split, leakage_report, phase_items
 from pipeline.errors import UserError
 from pipeline.files import read_json, sha256_file
 from pipeline.taxonomy import Taxonomy
@@ -138,9 +138,8 @@ def labelled_split(folder: str | Path, classes: Sequence[str], taxonomy: Taxonom
 def standin_items(heldout_rows: Sequence[Mapping], role: str, root: Path, taxonomy: Taxonomy,
                   phase: str) -> Items:
     """Held-out-profile images of one stand-in role, labelled in the phase's taxonomy."""
-    classes = taxonomy.phase(phase).classes
-    return [(str(root / r["path"]), classes.index(taxonomy.map_fine(r["fine_class"], phase)))
-            for r in heldout_rows if r["standin_split"] == role]
+    return phase_items([r for r in heldout_rows if r["standin_split"] == role], root, taxonomy,
+                       phase)
 
 
 def require_trainable(items: Items, classes: Sequence[str], folder: str) -> None:

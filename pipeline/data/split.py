@@ -1,16 +1,18 @@
-"""Leakage-safe splits: grouped + stratified for synthetic data, stratified for real folders,
-and a report of exact and near duplicates across splits."""
+"""Leakage-safe splits: grouped and stratified (synthetic scenes, real near-duplicate groups),
+a report of exact and near duplicates across splits, and split rows as a phase's items."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.data.hashing import near_duplicates, parse_hash
+from pipeline.taxonomy import Taxonomy
 
 SPLITS = ("train", "val", "test")
 
@@ -80,39 +82,6 @@ def grouped_stratified_split(
     for i, row in enumerate(rows):
         out[split_of[i]].append(row)
     return out
-
-
-def stratified_split_items(
-    items: Sequence[tuple[str, str]],
-    *,
-    val_fraction: float,
-    seed: int,
-    min_per_class_val: int = 1,
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split (path, class) items into (train, val), per class, both sorted.
-
-    A class with one image stays in train only; otherwise val gets
-    max(min_per_class_val, round(n * val_fraction)) images but train always keeps at least one.
-    val_fraction == 0 puts everything in train.
-    """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    by_class: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for item in sorted(items):
-        by_class[item[1]].append(item)
-    rng = np.random.default_rng(seed)
-    train: list[tuple[str, str]] = []
-    val: list[tuple[str, str]] = []
-    for cls in sorted(by_class):
-        members = by_class[cls]
-        n = len(members)
-        n_val = 0
-        if val_fraction > 0 and n >= 2:
-            n_val = min(n - 1, max(min_per_class_val, round(n * val_fraction)))
-        picked = set(rng.permutation(n)[:n_val].tolist())
-        for k, item in enumerate(members):
-            (val if k in picked else train).append(item)
-    return sorted(train), sorted(val)
 
 
 def leakage_report(
@@ -210,3 +179,14 @@ def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "y")
     return bool(value)
+
+
+def phase_items(rows: Sequence[Mapping], root: Path, taxonomy: Taxonomy, phase: str
+                ) -> list[tuple[str, int]]:
+    """(absolute path, phase class index) for split rows, through the fine→phase table: the
+    one place synthetic rows get a phase's labels."""
+    classes = taxonomy.phase(phase).classes
+    return [
+        (str(root / r["path"]), classes.index(taxonomy.map_fine(r["fine_class"], phase)))
+        for r in rows
+    ]

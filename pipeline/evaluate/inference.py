@@ -130,15 +130,11 @@ class OnnxPredictor(_Predictor):
                                               providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise broken_model(path, _onnx_cause(exc)) from exc
-        inp = self._sess.get_inputs()[0]
-        self._input = inp.name
-        self._batch_one = inp.shape[0] == 1  # static batch-1 exports (for onnx2tf / MCUs)
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        if not self._batch_one:
-            return self._sess.run(None, {self._input: x})[0]
-        return np.concatenate([self._sess.run(None, {self._input: x[i: i + 1]})[0]
-                               for i in range(len(x))])
+        from pipeline.export.onnx_export import run_onnx
+
+        return run_onnx(self._sess, x)
 
 
 class TFLitePredictor(_Predictor):

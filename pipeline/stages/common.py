@@ -11,6 +11,7 @@ import torch
 
 from pipeline import layout
 from pipeline.data.datamodule import SEMDataModule
+from pipeline.data.split import phase_items
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import scalar_metrics
 from pipeline.evaluate.plots import confusion_figure, save_figure
@@ -20,7 +21,7 @@ from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess, loa
 from pipeline.models.preprocess import Preprocess
 from pipeline.taxonomy import Taxonomy, clean_classes
 from pipeline.tracking import StageRun
-from pipeline.training import evaluate_sets, fit, loss_config, phase_items, predict_logits
+from pipeline.training import evaluate_sets, fit, loss_config, predict_logits
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test", "heldout")

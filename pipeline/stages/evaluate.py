@@ -16,7 +16,8 @@ import numpy as np
 from pipeline import layout
 from pipeline.data.images import read_gray8
 from pipeline.data.importer import import_folder, load_unlabelled
-from pipeline.data.real import STANDIN, read_real_data
+from pipeline.data.real import STANDIN, read_real_data, standin_items
+from pipeline.data.split import phase_items
 from pipeline.errors import UserError
 from pipeline.evaluate.folder import MappedPredictor, map_classes, predict_paths
 from pipeline.evaluate.inference import host_latency_ms, host_name, load_predictor
@@ -158,13 +159,9 @@ def _test_sets(cfg, root, phase, taxonomy, tax_phase, classes):
     splits = load_splits(root)
     index = {c: i for i, c in enumerate(classes)}
 
-    def mapped(rows):
-        return [(str(root / r["path"]), index[taxonomy.map_fine(r["fine_class"], tax_phase)])
-                for r in rows]
-
-    sets = {"synthetic_test": (mapped(splits["test"]), []),
-            "standin_test": (mapped([r for r in splits["heldout"]
-                                     if r["standin_split"] == "test"]), [])}
+    sets = {"synthetic_test": (phase_items(splits["test"], root, taxonomy, tax_phase), []),
+            "standin_test": (standin_items(splits["heldout"], "test", root, taxonomy,
+                                           tax_phase), [])}
     # The real validation split the phase's model was early-stopped on (when it had real
     # training images): optimistic, but real.
     trained = root / layout.phase_model(cfg["evaluate"]["phases"][phase]) / layout.REAL_DATA

@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.data.importer import load_unlabelled
 from pipeline.data.real import STANDIN, image_records, labelled_split, standin_items
+from pipeline.data.split import phase_items
 from pipeline.errors import UserError
 from pipeline.evaluate.submission import submission_rows, write_submission
 from pipeline.files import write_json
@@ -19,7 +20,7 @@ from pipeline.recipes import PhaseData, RecipeOptions, train_phase_model
 from pipeline.stages.common import load_splits, model_facts, report_model, seed_everything
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun
-from pipeline.training import evaluate_sets, phase_items, predict_probs
+from pipeline.training import evaluate_sets, predict_probs
 
 log = logging.getLogger(__name__)
 CACHE = Path(".cache")  # teacher outputs on distillation views (pipeline.matching)

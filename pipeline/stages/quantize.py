@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.config import params_hash
 from pipeline.data.real import read_real_data
+from pipeline.data.split import phase_items
 from pipeline.errors import UserError
 from pipeline.evaluate.ood import calibrate_threshold
 from pipeline.export.deliver import DeliveryOptions, deliver, image_batch, pick_samples
@@ -23,7 +24,7 @@ from pipeline.models.classifier import load_classifier
 from pipeline.stages.common import load_splits
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun, git_commit
-from pipeline.training import phase_items, predict_probs
+from pipeline.training import predict_probs
 
 log = logging.getLogger(__name__)
 CONVERTERS = ("torch", "onnx", "onnxruntime", "tensorflow-cpu", "onnx2tf", "tflite-micro")

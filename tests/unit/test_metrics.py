@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from pipeline.data.split import phase_items
 from pipeline.evaluate.metrics import classification_metrics, expected_calibration_error
-from pipeline.training import loss_config, phase_items
+from pipeline.training import loss_config
 
 NAMES = ["clean", "bridge", "open"]
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.hashing import format_hash, phash, phash_dihedral
-from pipeline.data.split import grouped_stratified_split, leakage_report, stratified_split_items
+from pipeline.data.split import grouped_stratified_split, leakage_report
 
 CLASSES = ("bridge", "open", "crack", "via")
 
@@ -77,16 +77,6 @@ def test_mixed_heldout_group_and_csv_strings():
     rows[1]["heldout"] = "false"  # a CSV string is not truthy just for being non-empty
     out = grouped_stratified_split(rows, val_fraction=0.1, test_fraction=0.1, seed=0)
     assert not out["heldout"]
-
-
-def test_stratified_split_items():
-    items = [(f"/x/{c}/{i}.png", c) for c, n in (("a", 10), ("b", 2), ("c", 1)) for i in range(n)]
-    train, val = stratified_split_items(items, val_fraction=0.2, seed=0)
-    assert sorted(train + val) == sorted(items)
-    assert Counter(c for _, c in val) == {"a": 2, "b": 1}
-    assert Counter(c for _, c in train) == {"a": 8, "b": 1, "c": 1}
-    assert (train, val) == stratified_split_items(items, val_fraction=0.2, seed=0)
-    assert stratified_split_items(items, val_fraction=0.0, seed=0)[1] == []
 
 
 def _texture(seed: int) -> np.ndarray:
