@@ -32,12 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import find_root, load_params  # noqa: E402
-from pipeline.data.folds import (  # noqa: E402
-    GROUPINGS,
-    appearance_groups,
-    grouped_folds,
-    image_features,
-)
+from pipeline.data.folds import GROUPINGS, appearance_groups, grouped_folds  # noqa: E402
 from pipeline.data.images import read_gray8  # noqa: E402
 from pipeline.data.importer import load_unlabelled  # noqa: E402
 from pipeline.data.real import group_near_duplicates, load_real_folder, split_real  # noqa: E402
@@ -51,6 +46,7 @@ from pipeline.export.deliver import (  # noqa: E402
 )
 from pipeline.files import write_json  # noqa: E402
 from pipeline.matching import Teacher, teacher_logits  # noqa: E402
+from pipeline.models.features import image_features  # noqa: E402
 from pipeline.models.surgery import head_row_sources  # noqa: E402
 from pipeline.recipes import PhaseData, RecipeOptions, train_phase_model, train_teacher  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402

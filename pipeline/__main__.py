@@ -14,6 +14,10 @@ Tools:
                               (classes through the alias table, skipped files and why)
   predict MODEL IMAGES [--out CSV] [--format default|submission] [--threshold T]
                               classify a folder (or one image) with a .ckpt/.onnx/.tflite model
+  domain-gap SYNTH_DIR REAL_DIR [--taxonomy PHASE] [--out DIR] [--per-class N]
+                              how far synthetic images are from real ones (labelled by class
+                              folders or not): feature Fréchet distance, real-vs-synthetic
+                              classifier accuracy, contrast/sharpness/noise side by side
   evaluate-folder MODEL LABELLED_DIR [--taxonomy PHASE] [--out DIR] [--map CLS=TARGET ...]
                               metrics, predictions and confusion matrix on a labelled folder
 """
@@ -63,6 +67,30 @@ def _preflight(args: list[str]) -> int:
         raise UserError("params.yaml cannot run on this machine (nothing was run or "
                         "changed):\n  - " + "\n  - ".join(found))
     print("preflight: params.yaml can run here")
+    return 0
+
+
+def _domain_gap(args: list[str]) -> int:
+    import argparse
+
+    from pipeline.config import find_root, load_params
+    from pipeline.evaluate.domain_gap import measure_folders
+    from pipeline.taxonomy import Taxonomy
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline domain-gap")
+    parser.add_argument("synthetic", help="a synthesize output folder (labels.csv, images/)")
+    parser.add_argument("real", help="real images: <dir>/<class>/<images>, or unlabelled")
+    parser.add_argument("--taxonomy", default="phase3", help="phase whose classes compare")
+    parser.add_argument("--out", default="reports/data/domain_gap",
+                        help="folder for domain_gap.json and the statistics figure")
+    parser.add_argument("--per-class", type=int, default=60,
+                        help="synthetic images drawn per fine class (default 60)")
+    opts = parser.parse_args(args)
+    taxonomy = Taxonomy.from_config(load_params(find_root())["taxonomy"])
+    table = measure_folders(Path(opts.synthetic), Path(opts.real), taxonomy, opts.taxonomy,
+                            Path(opts.out), per_class=opts.per_class)
+    print(table)
+    print(f"-> {opts.out}/domain_gap.json")
     return 0
 
 
@@ -202,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate_folder(args)
         if command == "import_folder":
             return _import_folder(args)
+        if command == "domain_gap":
+            return _domain_gap(args)
         if command in STAGES or command in PHASE_STAGES:
             return _stage(command, args)
         print(f"error: unknown command {argv[0]!r}; run `python -m pipeline --help`", file=sys.stderr)

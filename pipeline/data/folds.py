@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from sklearn.cluster import KMeans
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -32,22 +31,6 @@ def grouped_folds(labels: Sequence[int], groups: Sequence[int], folds: int, seed
         raise ValueError(f"{len(set(groups.tolist()))} groups cannot fill {folds} folds")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
-
-
-@torch.no_grad()
-def image_features(images: np.ndarray, backbone: str = "efficientnet_lite0",
-                   batch_size: int = 64) -> np.ndarray:
-    """Frozen, globally pooled ImageNet features of float32 (N, 1, S, S) model inputs in
-    [0, 1] (the offline weights; UserError when they are unavailable)."""
-    from pipeline.models.backbones import build_backbone
-    from pipeline.models.preprocess import Normalize, Preprocess
-
-    pp = Preprocess(images.shape[-1])
-    net = torch.nn.Sequential(Normalize(pp.mean, pp.std),
-                              build_backbone(backbone, 0, pretrained=True)).eval()
-    out = [net(torch.from_numpy(images[i: i + batch_size])).numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
 
 
 def appearance_groups(features: np.ndarray, near_dup_groups: Sequence[int], clusters: int,
