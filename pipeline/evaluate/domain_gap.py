@@ -146,9 +146,11 @@ def measure_folders(synthetic_dir: Path, real_dir: Path, taxonomy, phase: str, o
     syn_paths = [Path(synthetic_dir) / r["path"] for r in picked]
     syn_labels = [taxonomy.map_fine(r["fine_class"], phase) for r in picked]
     classes = taxonomy.phase(phase).classes
-    report = import_folder(Path(real_dir), classes, taxonomy)
-    if report.items:
-        real_paths, real_labels = [p for p, _ in report.items], [c for _, c in report.items]
+    labelled = any(d.is_dir() and taxonomy.resolve_folder(d.name, classes)
+                   for d in Path(real_dir).iterdir()) if Path(real_dir).is_dir() else False
+    if labelled:
+        found = import_folder(Path(real_dir), classes, taxonomy).items
+        real_paths, real_labels = [p for p, _ in found], [c for _, c in found]
     else:
         real_paths, real_labels = load_unlabelled(Path(real_dir))[0], None
     if not real_paths:
