@@ -116,6 +116,23 @@ def scratch_dir(owner: str | Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def temporary_files_in(folder: Path) -> Iterator[None]:
+    """Point Python's temporary files (tempfile, e.g. onnxruntime's quantizer) and child
+    processes' (TMPDIR) into `folder` for the block, so a killed stage leaves its debris
+    in its own scratch folder rather than /tmp."""
+    saved_dir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+
+
 def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> None:
     """Write rows (dicts) as CSV with a fixed column order, atomically."""
     import csv

@@ -34,7 +34,7 @@ from pipeline.export.parity import check_gates, parity_table
 from pipeline.export.quantize import quantize_onnx_int8
 from pipeline.export.tflite import INT16X8_NAME, convert_tflite, tflite_io, tflite_predict
 from pipeline.export.tflm import tflm_check
-from pipeline.files import scratch_dir, write_json
+from pipeline.files import scratch_dir, temporary_files_in, write_json
 from pipeline.models.backbones import count_macs
 from pipeline.models.preprocess import Preprocess
 
@@ -126,7 +126,7 @@ def deliver(net: nn.Module, pp: Preprocess, class_names: Sequence[str], out_dir:
     code_cfg = options.output_code
     step = code_cfg.get("logit_step") if code_cfg.get("enabled") else None
     edge_net, code = edge_network(net, calibration, step, code_cfg.get("margin", 0.25))
-    with scratch_dir(out_dir) as work:
+    with scratch_dir(out_dir) as work, temporary_files_in(work):
         # The integer models share one source: the fp32 net, with the coded output if any.
         edge_onnx = onnx_fp32 if code is None else export_onnx(
             edge_net, pp.image_size, work / "model_edge.onnx",

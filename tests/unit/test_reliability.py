@@ -74,3 +74,18 @@ with atomic_path(Path({str(tmp_path / 'out.bin')!r})) as tmp:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_files_go_to_the_scratch_folder_for_the_block(tmp_path):
+    import tempfile
+
+    from pipeline.files import temporary_files_in
+
+    before = tempfile.gettempdir()
+    with temporary_files_in(tmp_path):
+        with tempfile.TemporaryDirectory() as inner:
+            assert inner.startswith(str(tmp_path))
+        child = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"],
+                               capture_output=True, text=True).stdout.strip()
+        assert child == str(tmp_path)
+    assert tempfile.gettempdir() == before and os.environ.get("TMPDIR") != str(tmp_path)
