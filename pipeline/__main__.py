@@ -14,6 +14,8 @@ Tools:
                               (classes through the alias table, skipped files and why)
   predict MODEL IMAGES [--out CSV] [--format default|submission] [--threshold T]
                               classify a folder (or one image) with a .ckpt/.onnx/.tflite model
+  explain MODEL.ckpt IMAGES [--out DIR]
+                              saliency overlays (HiResCAM: where the model looks) for images
   domain-gap SYNTH_DIR REAL_DIR [--taxonomy PHASE] [--out DIR] [--per-class N]
                               how far synthetic images are from real ones (labelled by class
                               folders or not): feature Fréchet distance, real-vs-synthetic
@@ -67,6 +69,38 @@ def _preflight(args: list[str]) -> int:
         raise UserError("params.yaml cannot run on this machine (nothing was run or "
                         "changed):\n  - " + "\n  - ".join(found))
     print("preflight: params.yaml can run here")
+    return 0
+
+
+def _explain(args: list[str]) -> int:
+    import argparse
+
+    import cv2
+
+    from pipeline.data.images import read_gray8
+    from pipeline.data.importer import load_unlabelled
+    from pipeline.evaluate.saliency import explain_images, overlay
+    from pipeline.models.classifier import load_classifier
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline explain")
+    parser.add_argument("model", help="a .ckpt (the maps need the torch model)")
+    parser.add_argument("images", help="a folder of images (searched recursively) or one image")
+    parser.add_argument("--out", default="reports/explain", help="folder for the overlays")
+    opts = parser.parse_args(args)
+    if not opts.model.endswith(".ckpt"):
+        raise UserError(f"{opts.model}: explain needs the .ckpt of a delivered model "
+                        "(models/<phase>/model.ckpt): the maps need its gradients")
+    model = load_classifier(Path(opts.model))
+    source = Path(opts.images)
+    paths = [str(source)] if source.is_file() else load_unlabelled(source)[0]
+    shown, cams, preds = explain_images(model, [read_gray8(Path(p)) for p in paths])
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(model.hparams.class_names)
+    for path, img, cam, pred in zip(paths, shown, cams, preds, strict=True):
+        target = out / f"{Path(path).stem}_{names[int(pred)]}.png"
+        cv2.imwrite(str(target), overlay(img, cam))
+    print(f"wrote {len(paths)} overlays to {out}")
     return 0
 
 
@@ -232,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return _import_folder(args)
         if command == "domain_gap":
             return _domain_gap(args)
+        if command == "explain":
+            return _explain(args)
         if command in STAGES or command in PHASE_STAGES:
             return _stage(command, args)
         print(f"error: unknown command {argv[0]!r}; run `python -m pipeline --help`", file=sys.stderr)

@@ -29,6 +29,7 @@ from pipeline.models.int8_grid import snap_weights_to_int8_grid
 from pipeline.models.preprocess import Preprocess
 from pipeline.models.surgery import transfer_weights
 from pipeline.training import (
+    CPU_TRAINER,
     FitResult,
     Items,
     fit,
@@ -72,9 +73,7 @@ class FitOptions:
     loss: Mapping = field(default_factory=lambda: {"name": "ce", "label_smoothing": 0.1})
     augment: Mapping = field(default_factory=lambda: {"enabled": True})
     num_workers: int = 0
-    trainer: Mapping = field(default_factory=lambda: {
-        "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
-        "precision": "32-true", "deterministic": True})
+    trainer: Mapping = field(default_factory=lambda: dict(CPU_TRAINER))
 
     @classmethod
     def from_config(cls, cfg: Mapping, section: Mapping | None = None) -> FitOptions:

@@ -31,7 +31,7 @@ from pipeline.data.transforms import build_augment
 from pipeline.files import sha256_file, write_bytes
 from pipeline.finetune import FitOptions, ModelSpec, start_model
 from pipeline.models.classifier import SEMClassifier, load_classifier
-from pipeline.training import FitResult, Items, fit
+from pipeline.training import CPU_TRAINER, FitResult, Items, fit
 
 log = logging.getLogger(__name__)
 UNLABELLED = -1  # label of transfer items without one (unlabelled real, other taxonomies)
@@ -54,9 +54,7 @@ class MatchOptions:
     seed: int = 0
     augment: Mapping = field(default_factory=lambda: {"enabled": True})
     num_workers: int = 0
-    trainer: Mapping = field(default_factory=lambda: {
-        "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
-        "precision": "32-true", "deterministic": True})
+    trainer: Mapping = field(default_factory=lambda: dict(CPU_TRAINER))
 
     @classmethod
     def from_config(cls, m: Mapping, cfg: Mapping) -> MatchOptions:

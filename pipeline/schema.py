@@ -405,6 +405,7 @@ class Evaluate(Section):
                       _expect("a non-empty mapping of phase -> the phase whose model it judges")]
     robustness_images: Positive
     worst_images: Count
+    localisation_images: Count
 
 
 class Phase(Section):

@@ -114,7 +114,7 @@ class StageRun:
             tags["phase"] = self.phase
         parent = self._parent_run(experiment_id, commit, config_hash)
         name = f"{self.stage}@{self.phase}" if self.phase else self.stage
-        self._fail_abandoned_runs(experiment_id, name)
+        self._fail_abandoned_runs(experiment_id)
         run = self._client.create_run(
             experiment_id,
             run_name=name,
@@ -124,12 +124,12 @@ class StageRun:
         self.run_id = run.info.run_id
         return self
 
-    def _fail_abandoned_runs(self, experiment_id: str, name: str) -> None:
-        """Mark FAILED this stage's runs left RUNNING by a killed process on this host (a
+    def _fail_abandoned_runs(self, experiment_id: str) -> None:
+        """Mark FAILED the stage runs left RUNNING by killed processes on this host (a
         process that no longer exists cannot finish them)."""
         runs = self._client.search_runs(
             [experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
-            f"tags.`mlflow.runName` = '{name}' and tags.host = '{socket.gethostname()}'")
+            f"tags.host = '{socket.gethostname()}'")
         for run in runs:
             pid = int(run.data.tags.get("pid", "0") or 0)
             if pid and not _alive(pid):

@@ -28,6 +28,9 @@ from pipeline.models.preprocess import Preprocess
 
 Items = list[tuple[str, int]]
 MONITOR = "val/macro_f1"
+# The trainer config (conf/trainer/cpu.yaml) for callers that build options by hand.
+CPU_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+               "precision": "32-true", "deterministic": True}
 # Lightning checkpoint entries that only matter for resuming; the delivered file drops them.
 _RESUME_ONLY = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 

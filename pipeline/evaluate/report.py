@@ -142,6 +142,7 @@ def render_report(ctx: ReportContext | Mapping) -> str:
         ("confusion", "Confusion matrices", _figures(ctx.get("confusions"))),
         ("per-class", "Per-class results", _per_class(ctx.get("per_class"))),
         ("errors", "Most confident mistakes", _worst(ctx.get("worst"))),
+        ("saliency", "Where the model looks", _saliency(ctx.get("saliency"))),
         ("robustness", "Robustness to image corruptions",
          _robustness(ctx.get("robustness_table"), ctx.get("robustness_png"))),
         ("ood", "Low-confidence flag", _ood(ctx.get("ood"))),
@@ -237,6 +238,37 @@ def _worst(items: Sequence[Mapping] | None) -> str:
         f"{_e(it['predicted'])}</b></div><div class='muted'>confidence "
         f"{_fmt(it['confidence'], 'pct')}</div></div>" for it in items)
     return f'<div class="grid">{cards}</div>'
+
+
+def _saliency(saliency: Mapping | None) -> str:
+    """Saliency overlays per class and the localisation table against the defect masks."""
+    if not saliency:
+        return _na("Saliency was not computed (evaluate.localisation_images: 0).")
+    metrics = saliency["metrics"]
+    models = metrics["models"]
+    flagged = metrics["looks_elsewhere"]
+    note = (f'<p class="bad">The delivered model recognises {", ".join(map(_e, flagged))} '
+            "while putting no more of its saliency on the defect than a blind map would: "
+            "check what it relies on.</p>") if flagged else ""
+    head = ("<tr><th>defect class</th><th>images</th><th>mask share</th>"
+            + "".join(f"<th>{_e(m)} peak in mask</th><th>{_e(m)} mass in mask</th>"
+                      for m in models) + "</tr>")
+    rows = "".join(
+        f"<tr><td>{_e(cls)}</td><td>{row['n']}</td><td>{_fmt(row['mask_share'], 'pct')}</td>"
+        + "".join(f"<td>{_fmt(models[m][cls]['peak_inside'], 'pct')}</td>"
+                  f"<td>{_fmt(models[m][cls]['mass_inside'], 'pct')}</td>" for m in models)
+        + "</tr>" for cls, row in models["student"].items())
+    table = (f"<p class='muted'>Synthetic test images: the share whose saliency peak, and the "
+             f"share of saliency mass, fall within {metrics['tolerance_px']} px of the defect "
+             "mask; mask share is what a map blind to the image would score.</p>"
+             f"<table>{head}{rows}</table>")
+    cards = "".join(
+        f'<div class="thumb"><img alt="{_e(it["name"])}" src="{_png_uri(it["image"])}">'
+        f'<div class="name" title="{_e(it["name"])}">{_e(it["name"])}</div>'
+        f"<div>{_e(it['kind'])}: true <b>{_e(it['true'])}</b></div><div>predicted <b>"
+        f"{_e(it['predicted'])}</b> ({_fmt(it['confidence'], 'pct')})</div></div>"
+        for it in saliency.get("overlays", []))
+    return f'{note}{table}<h3>Overlays (delivered model)</h3><div class="grid">{cards}</div>'
 
 
 def _robustness(table: Sequence[Mapping] | None, png: bytes | None) -> str:

@@ -27,8 +27,16 @@ from pipeline.evaluate.ood import flag_summary
 from pipeline.evaluate.plots import confusion_figure, figure_png, save_figure
 from pipeline.evaluate.report import write_report
 from pipeline.evaluate.robustness import robustness_figure, robustness_table
+from pipeline.evaluate.saliency import (
+    MASK_TOLERANCE_PX,
+    explain_images,
+    looks_elsewhere,
+    mask_localisation,
+    overlay,
+)
 from pipeline.evaluate.submission import submission_rows, write_submission
 from pipeline.files import read_json, sha256_file, write_csv, write_json
+from pipeline.models.classifier import load_classifier
 from pipeline.stages.common import load_splits
 from pipeline.taxonomy import Taxonomy, clean_classes
 from pipeline.tracking import StageRun, git_commit
@@ -57,14 +65,17 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         judged = judge(predictors, test_sets, classes, clean_classes(classes), DELIVERED)
         latency = {fmt: host_latency_ms(p)["median_ms"] for fmt, p in predictors.items()}
         robustness = _robustness(predictors[DELIVERED], test_sets, classes, ev)
+        saliency = _saliency(root, source_phase, taxonomy, phase_cfg["taxonomy"], judged, ev)
         manifest = _manifest(root, source_phase)
         files_judged = {fmt: {"path": str(p.relative_to(root)), "sha256": sha256_file(p)}
                         for fmt, p in paths.items()}
         metrics = _write_outputs(out, judged, classes, files_judged, data_kind, data_note,
-                                 predictors[DELIVERED].mapping.report(), robustness)
-        write_report(out / "report.html", _report_context(
+                                 predictors[DELIVERED].mapping.report(), robustness,
+                                 saliency and saliency["metrics"])
+        write_report(out / "report.html", {**_report_context(
             phase, source_phase, judged, latency, robustness, manifest, files_judged,
-            data_kind, data_note, predictors[DELIVERED], test_sets, root, ev))
+            data_kind, data_note, predictors[DELIVERED], test_sets, root, ev),
+            "saliency": saliency})
         if cfg["data"]["real"][phase]["unlabeled"]:
             _submission(predictors[DELIVERED], cfg["data"]["real"][phase]["unlabeled"], out)
         tracker.log_metrics(metrics)
@@ -95,7 +106,7 @@ def _primary(judged) -> str:
 
 
 def _write_outputs(out, judged, classes, files_judged, data_kind, data_note, mapping,
-                   robustness) -> dict[str, float]:
+                   robustness, localisation) -> dict[str, float]:
     """metrics.json, confusion.json (dvc plots), predictions.csv, per_class.csv and the
     confusion PNGs; returns the flat numeric metrics for MLflow."""
     primary = _primary(judged)
@@ -113,10 +124,58 @@ def _write_outputs(out, judged, classes, files_judged, data_kind, data_note, map
                    for s, by_fmt in judged.metrics.items()}
     write_json(out / "metrics.json", {
         **metrics_out, "models": files_judged, "data": {"kind": data_kind, "note": data_note},
-        "class_mapping": mapping, "robustness": robustness})
-    return {f"{s}/{fmt}/{k}": v for s, by_fmt in judged.metrics.items()
+        "class_mapping": mapping, "robustness": robustness,
+        **({"localisation": localisation} if localisation else {})})
+    flat = {f"{s}/{fmt}/{k}": v for s, by_fmt in judged.metrics.items()
             for fmt, m in by_fmt.items() for k, v in m.items()
             if isinstance(v, int | float) and np.isfinite(v)}
+    for model, by_class in (localisation or {}).get("models", {}).items():
+        flat.update({f"localisation/{model}/{cls}/{k}": v for cls, row in by_class.items()
+                     for k, v in row.items() if k != "n" and np.isfinite(v)})
+    return flat
+
+
+def _saliency(root, source_phase, taxonomy, tax_phase, judged, ev) -> dict | None:
+    """Where the delivered model and the synthetic teacher look, against the defect masks of
+    synthetic test images, and overlays of real (or stand-in) examples per class."""
+    n = ev["localisation_images"]
+    if not n:
+        return None
+    by_fine: dict[str, list] = {}
+    for r in load_splits(root)["test"]:
+        by_fine.setdefault(r["fine_class"], []).append(r)
+    items = [(str(root / r["path"]), str(root / r["path"].replace(
+        f"{layout.SYNTHETIC}/images/", f"{layout.SYNTHETIC}/masks/")), r["fine_class"])
+        for rows in by_fine.values() for r in rows[:n]]
+    student = load_classifier(root / layout.phase_model(source_phase) / layout.CHECKPOINT)
+    models = {"student": mask_localisation(student, items),
+              "teacher": mask_localisation(load_classifier(root / layout.TEACHER /
+                                                           layout.CHECKPOINT), items)}
+    recall = {fine: judged.per_class["synthetic_test"][taxonomy.map_fine(fine, tax_phase)][
+        "recall"] for fine in by_fine if "synthetic_test" in judged.per_class}
+    flagged = looks_elsewhere(models["student"], recall)
+    return {"metrics": {"models": models, "looks_elsewhere": flagged,
+                        "tolerance_px": MASK_TOLERANCE_PX},
+            "overlays": _overlays(student, judged.predictions, _primary(judged))}
+
+
+def _overlays(model, predictions, primary) -> list[dict]:
+    """Per true class of the primary set: its most confident mistake and most confident
+    correct prediction, with the delivered model's saliency map over the image."""
+    chosen = []
+    for cls in sorted({r["actual"] for r in predictions if r["set"] == primary}):
+        rows = sorted((r for r in predictions if r["set"] == primary and r["actual"] == cls),
+                      key=lambda r: -r["confidence"])
+        for right in (False, True):
+            pick = next((r for r in rows if (r["actual"] == r["predicted"]) == right), None)
+            if pick is not None:
+                chosen.append({**pick, "kind": "correct" if right else "mistake"})
+    if not chosen:
+        return []
+    shown, cams, _ = explain_images(model, [read_gray8(Path(r["image"])) for r in chosen])
+    return [{"image": overlay(img, cam), "name": Path(r["image"]).name, "true": r["actual"],
+             "predicted": r["predicted"], "confidence": r["confidence"], "kind": r["kind"]}
+            for r, img, cam in zip(chosen, shown, cams, strict=True)]
 
 
 def _report_context(phase, source_phase, judged, latency, robustness, manifest, files_judged,

@@ -21,13 +21,13 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_a_killed_stages_running_run_is_failed_when_the_stage_runs_again(tmp_path, monkeypatch):
+def test_a_killed_stages_running_run_is_failed_when_a_stage_runs_next(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     killed = StageRun(tmp_path, _cfg(), "split").__enter__()  # never exited: the process died
     client = MlflowClient(tracking_uri=killed.uri)
     client.set_tag(killed.run_id, "pid", str(_dead_pid()))
-    alive = StageRun(tmp_path, _cfg(), "synthesize").__enter__()  # another stage, still going
-    with StageRun(tmp_path, _cfg(), "split") as again:
+    alive = StageRun(tmp_path, _cfg(), "synthesize").__enter__()  # still going
+    with StageRun(tmp_path, _cfg(), "train_teacher") as again:
         assert client.get_run(killed.run_id).info.status == "FAILED"
         assert client.get_run(alive.run_id).info.status == "RUNNING"
         assert client.get_run(again.run_id).data.tags["pid"] == str(os.getpid())
