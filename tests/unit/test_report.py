@@ -51,6 +51,13 @@ def synthetic_ctx(tmp_path, data_kind="stand-in") -> dict:
                    "confidence": 0.97 - 0.05 * i} for i in range(6)],
         "robustness_table": table,
         "robustness_png": figure_png(robustness_figure(table)),
+        "saliency": {"metrics": {
+            "models": {m: {"bridge": {"peak_inside": 0.25, "mass_inside": 0.05,
+                                      "mask_share": 0.06, "n": 4}} for m in ("student", "teacher")},
+            "looks_elsewhere": ["bridge"], "tolerance_px": 8},
+            "overlays": [{"image": rng.integers(0, 256, (48, 48, 3), dtype=np.uint8),
+                          "name": "BRIDGE/b.png", "true": "Bridge", "predicted": "Bridge",
+                          "confidence": 0.9, "kind": "correct"}]},
         "ood": {"threshold": 0.41, "quantile": 0.05,
                 "sets": {"val": {"n": 200, "flag_rate": 0.05, "accuracy_kept": 0.93,
                                  "accuracy_flagged": 0.4}}},
@@ -92,11 +99,12 @@ def test_report_has_every_section_and_is_self_contained(tmp_path):
     checker.feed(page)
     assert checker.errors == [] and checker.stack == []
     assert set(checker.ids) == {"summary", "mapping", "confusion", "per-class", "errors",
-                                "robustness", "ood", "edge", "provenance"}
+                                "saliency", "robustness", "ood", "edge", "provenance"}
     # Only in-page anchors and inline images: nothing is fetched.
     assert all(u.startswith(("#", "data:image/png;base64,")) for u in checker.urls)
     assert "://" not in page and "url(" not in page and "@import" not in page
-    assert len([u for u in checker.urls if u.startswith("data:")]) == 2 + 6 + 1
+    assert len([u for u in checker.urls if u.startswith("data:")]) == 2 + 6 + 1 + 1
+    assert "recognises bridge while putting no more" in page
     assert "STAND-IN DATA" in page and "REAL DATA" not in page
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "Phase 2 evaluation &lt;draft&gt;" in page
