@@ -226,8 +226,12 @@ def _stage(name: str, args: list[str]) -> int:
         if not args or "=" in args[0]:
             raise UserError(f"usage: python -m pipeline {name} PHASE [key=value ...]")
         phase, args = args[0], args[1:]
+    from pipeline.files import remove_stale_temporaries
+    from pipeline.layout import OUTPUT_ROOTS
+
     root = find_root()
     cfg = load_params(root, args)
+    remove_stale_temporaries(root, OUTPUT_ROOTS)
     module = importlib.import_module(f"pipeline.stages.{name}")
     # A terminated stage (Ctrl-C, `kill`, a CI timeout) unwinds like a failed one: its
     # temporary files are removed and its MLflow run is marked FAILED.

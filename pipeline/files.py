@@ -61,6 +61,20 @@ def _remove_stale(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(root: Path, folders: tuple[str, ...]) -> None:
+    """Temporary files and work folders (`.*.tmp`, `.*.work`) that killed stages left
+    anywhere under `folders` of the project (DVC runs one stage at a time, holding its lock)."""
+    for folder in folders:
+        base = Path(root) / folder
+        if not base.is_dir():
+            continue
+        for stale in [*base.rglob(".*.tmp"), *base.rglob(".*.work")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -21,6 +21,10 @@ REAL_DATA = "real_data.json"  # beside a phase's checkpoint: the real images it 
 MANIFEST = "manifest.json"
 
 
+# Top-level folders stage outputs live in (for clearing what killed stages left behind).
+OUTPUT_ROOTS = ("data", "models", "artifacts", "reports")
+
+
 def phase_model(phase: str) -> Path:
     """finetune_real@phase: the delivered checkpoint and what it was trained on."""
     return Path("models") / phase

@@ -58,7 +58,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             delivery.files, phase=phase, class_names=classes, label_map=dict(enumerate(classes)),
             preprocess=pp.to_dict(), source_checkpoint=str(ckpt.relative_to(root)),
             source_checkpoint_sha256=metadata["source_checkpoint_sha256"],
-            params_hash=params_hash(cfg), onnx_opset=OPSET,
+            params_hash=params_hash(_built_with(cfg, phase)), onnx_opset=OPSET,
             converters={name: _version(name) for name in CONVERTERS},
             quantization=_scheme(q, delivery), **delivery.manifest_fields(),
             calibration={**delivery.calibration, "sha256": hash_list(
@@ -70,6 +70,13 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             raise UserError(f"parity gates failed for {phase}: "
                             f"{'; '.join(delivery.parity['failures'])} (a broken export; table "
                             f"in {layout.artifacts(phase) / 'parity.json'})")
+
+
+def _built_with(cfg: dict, phase: str) -> dict:
+    """The params the artifacts depend on (dvc.yaml's params of this stage): tracking and
+    the other stages' settings do not change a byte of them."""
+    return {"quantize": cfg["quantize"], "phase": cfg["phases"][phase],
+            "taxonomy": cfg["taxonomy"]["phases"]}
 
 
 def _onnx_metadata(model, phase: str, ckpt: Path) -> dict[str, str]:

@@ -89,3 +89,19 @@ def test_temporary_files_go_to_the_scratch_folder_for_the_block(tmp_path):
                                capture_output=True, text=True).stdout.strip()
         assert child == str(tmp_path)
     assert tempfile.gettempdir() == before and os.environ.get("TMPDIR") != str(tmp_path)
+
+
+def test_a_stage_start_clears_what_killed_stages_left_anywhere(tmp_path):
+    from pipeline.files import remove_stale_temporaries
+
+    (tmp_path / "data/.synthetic.abc.tmp").mkdir(parents=True)
+    (tmp_path / "models/teacher/.model.work").mkdir(parents=True)
+    (tmp_path / "reports/models").mkdir(parents=True)
+    (tmp_path / "reports/models/.teacher.json.x1.tmp").write_text("{")
+    (tmp_path / "reports/models/teacher.json").write_text("{}")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf/.keep.tmp").write_text("")  # outside the output folders: untouched
+    remove_stale_temporaries(tmp_path, ("data", "models", "artifacts", "reports"))
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["conf/.keep.tmp", "reports/models/teacher.json"]
+    assert not (tmp_path / "data/.synthetic.abc.tmp").exists()
