@@ -91,6 +91,8 @@ class StageRun:
         self.timeout_s = float(tracking.get("connect_timeout_s", 5))
         self.cfg = cfg
         self.run_id: str | None = None
+        self.parent_id: str | None = None
+        self.experiment_id: str | None = None
         self._client = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -113,6 +115,7 @@ class StageRun:
         if self.phase:
             tags["phase"] = self.phase
         parent = self._parent_run(experiment_id, commit, config_hash)
+        self.parent_id, self.experiment_id = parent, experiment_id
         name = f"{self.stage}@{self.phase}" if self.phase else self.stage
         self._fail_abandoned_runs(experiment_id)
         run = self._client.create_run(
@@ -199,9 +202,53 @@ class StageRun:
         for key, value in tags.items():
             self._client.set_tag(self.run_id, key, str(value))
 
-    def register_model(self, name: str, artifact_path: str) -> str | None:
-        """Register a logged artifact (e.g. the ONNX file) as a new version of model `name`."""
+    def log_dataset(self, name: str, digest: str, source: str, context: str,
+                    profile: Mapping[str, Any] | None = None) -> None:
+        """Record an input dataset of this run (MLflow's Datasets column): its name, a
+        digest of its content, where it lives and what the run used it for."""
         if self.run_id is None:
+            return
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local",
+                          source=json.dumps({"uri": str(source)}),
+                          profile=json.dumps(dict(profile or {})))
+        self._client.log_inputs(self.run_id, datasets=[DatasetInput(
+            dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, name: str, files: list[Path], *, signature: Mapping[str, Any],
+                  label_map: Mapping[int, str], tags: Mapping[str, Any] | None = None
+                  ) -> str | None:
+        """Log trained model files as an MLflow logged model of this run (the UI's Logged
+        models), with its input/output signature and label map; returns the model id."""
+        if self.run_id is None:
+            return None
+        import json
+        import shutil
+        import tempfile
+
+        model = self._client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=self.run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            params={"signature": json.dumps(dict(signature)),
+                    "label_map": json.dumps({str(k): v for k, v in label_map.items()})})
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in files:
+                shutil.copy(path, Path(tmp) / Path(path).name)
+            (Path(tmp) / "label_map.json").write_text(json.dumps(
+                {str(k): v for k, v in label_map.items()}, indent=2))
+            (Path(tmp) / "signature.json").write_text(json.dumps(dict(signature), indent=2))
+            self._client.log_model_artifacts(model.model_id, tmp)
+        self._client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
+
+    def register_model(self, name: str, model_id: str, alias: str,
+                       tags: Mapping[str, Any] | None = None) -> str | None:
+        """Register a logged model as a new version of registered model `name`, with `tags`
+        (e.g. the data digests), and point `alias` at it (the newest delivered version)."""
+        if self.run_id is None or model_id is None:
             return None
         from mlflow.exceptions import MlflowException
 
@@ -209,11 +256,20 @@ class StageRun:
             self._client.get_registered_model(name)
         except MlflowException:
             self._client.create_registered_model(name)
-        source = f"{self._client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        source = f"models:/{model_id}"
         version = self._client.create_model_version(
-            name, source, run_id=self.run_id, tags={"phase": self.phase or ""}
-        )
+            name, source, run_id=self.run_id, model_id=model_id,
+            tags={"phase": self.phase or "", **{k: str(v) for k, v in (tags or {}).items()}})
+        self._client.set_registered_model_alias(name, alias, version.version)
         return version.version
+
+    def log_summary(self, metrics: Mapping[str, float]) -> None:
+        """Headline figures on the pipeline's parent run, so the runs list compares whole
+        pipelines at a glance (per phase: accuracy, flash, arena)."""
+        if self.parent_id is None:
+            return
+        for key, value in sorted(metrics.items()):
+            self._client.log_metric(self.parent_id, key, float(value))
 
     def lightning_logger(self):
         """A Lightning MLFlowLogger that writes into this stage's run (None when disabled)."""

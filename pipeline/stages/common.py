@@ -15,7 +15,7 @@ from pipeline.data.split import phase_items
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import scalar_metrics
 from pipeline.evaluate.plots import confusion_figure, save_figure
-from pipeline.files import read_csv, sha256_file, write_json
+from pipeline.files import hash_list, read_csv, sha256_file, write_json
 from pipeline.models.backbones import count_macs, count_params
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess, load_teacher
 from pipeline.models.preprocess import Preprocess
@@ -35,6 +35,33 @@ def load_splits(root: Path) -> dict[str, list[dict]]:
             raise UserError(f"{path} is missing; run the split stage first (dvc repro split)")
         splits[name] = read_csv(path)
     return splits
+
+
+def log_synthetic_inputs(tracker: StageRun, root: Path) -> None:
+    """The synthetic splits a training stage reads, as MLflow datasets (digest: the sha256 of
+    the split file, which lists every image's sha256)."""
+    for name, context in (("train", "training"), ("val", "validation")):
+        path = root / layout.SPLITS / f"{name}.csv"
+        tracker.log_dataset(f"synthetic-{name}", sha256_file(path), path.relative_to(root),
+                            context)
+
+
+def log_images(tracker: StageRun, name: str, items, source: str, context: str) -> None:
+    """A list of image files as an MLflow dataset, digest over their sha256s."""
+    tracker.log_dataset(name, hash_list([sha256_file(p) for p, _ in items]), source, context,
+                        profile={"images": len(items)})
+
+
+def log_checkpoint(tracker: StageRun, name: str, model: SEMClassifier, checkpoint: Path) -> str:
+    """The trained checkpoint as an MLflow logged model with its signature and label map."""
+    size = model.pp.image_size
+    classes = list(model.hparams.class_names)
+    return tracker.log_model(name, [checkpoint], signature={
+        "inputs": [{"name": "image", "dtype": "float32", "shape": [-1, 1, size, size],
+                    "range": [0.0, 1.0], "preprocess": model.pp.to_dict()}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, len(classes)]}]},
+        label_map=dict(enumerate(classes)),
+        tags={"backbone": model.hparams.backbone, "checkpoint_sha256": sha256_file(checkpoint)})
 
 
 def seed_everything(seed: int) -> None:
@@ -100,6 +127,7 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
     with StageRun(root, cfg, stage, phase=phase) as tracker:
         tracker.log_params({"model": model_cfg, "optim": opt_cfg, "train": train,
                             "trainer": cfg["trainer"], "kd": kd or {}})
+        log_synthetic_inputs(tracker, root)
         seed_everything(opt_cfg["seed"])
         cached = None
         if teacher_ckpt and kd and kd.get("teacher_logits") == "cached":
@@ -135,6 +163,7 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
                  "backbone": model_cfg["name"]}
         timing = {"train_seconds": round(result.seconds, 1)}
         flat = report_model(tracker, out_dir, evaluations, classes, facts, timing)
+        log_checkpoint(tracker, stage, result.model, result.checkpoint)
         write_json(metrics_file, {**flat, **timing,
                                   **{k: v for k, v in facts.items() if k != "backbone"}})
         log.info("%s: %s", stage, {k: round(v, 4) for k, v in flat.items() if "accuracy" in k

@@ -37,7 +37,7 @@ from pipeline.evaluate.saliency import (
 from pipeline.evaluate.submission import submission_rows, write_submission
 from pipeline.files import read_json, sha256_file, write_csv, write_json
 from pipeline.models.classifier import load_classifier
-from pipeline.stages.common import load_splits
+from pipeline.stages.common import load_splits, log_images
 from pipeline.taxonomy import Taxonomy, clean_classes
 from pipeline.tracking import StageRun, git_commit
 
@@ -78,12 +78,28 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             "saliency": saliency})
         if cfg["data"]["real"][phase]["unlabeled"]:
             _submission(predictors[DELIVERED], cfg["data"]["real"][phase]["unlabeled"], out)
-        tracker.log_metrics(metrics)
-        tracker.set_tags({"data_source": data_kind, "judged_phase": source_phase,
-                          **{f"{fmt}_sha256": v["sha256"] for fmt, v in files_judged.items()}})
-        tracker.log_artifacts(out, "report")
-        log.info("evaluate@%s (%s): %s", phase, data_kind,
-                 {k: round(v, 4) for k, v in metrics.items() if k.endswith("/accuracy")})
+        _log(tracker, phase, source_phase, judged, metrics, test_sets, data_kind, data_note,
+             manifest, files_judged, out)
+
+
+def _log(tracker, phase, source_phase, judged, metrics, test_sets, data_kind, data_note,
+         manifest, files_judged, out) -> None:
+    """Metrics, the test sets as datasets, the parent run's summary, tags and the report."""
+    tracker.log_metrics(metrics)
+    for name, (items, _) in test_sets.items():
+        log_images(tracker, name, items, data_note if name.startswith("real") else
+                   str(layout.SPLITS), "evaluation")
+    primary = _primary(judged)
+    tracker.log_summary({
+        f"{phase}/{primary}/accuracy": judged.metrics[primary][DELIVERED]["accuracy"],
+        f"{phase}/{primary}/macro_f1": judged.metrics[primary][DELIVERED]["macro_f1"],
+        **{f"{phase}/{k}": manifest["edge"][k] for k in ("flash_bytes", "arena_bytes")
+           if k in manifest.get("edge", {})}})
+    tracker.set_tags({"data_source": data_kind, "judged_phase": source_phase,
+                      **{f"{fmt}_sha256": v["sha256"] for fmt, v in files_judged.items()}})
+    tracker.log_artifacts(out, "report")
+    log.info("evaluate@%s (%s): %s", phase, data_kind,
+             {k: round(v, 4) for k, v in metrics.items() if k.endswith("/accuracy")})
 
 
 def _mapped(inner, classes, taxonomy, phase_cfg) -> MappedPredictor:

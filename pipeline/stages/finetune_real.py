@@ -17,7 +17,15 @@ from pipeline.evaluate.submission import submission_rows, write_submission
 from pipeline.files import write_json
 from pipeline.models.surgery import head_row_sources
 from pipeline.recipes import PhaseData, RecipeOptions, train_phase_model
-from pipeline.stages.common import load_splits, model_facts, report_model, seed_everything
+from pipeline.stages.common import (
+    load_splits,
+    log_checkpoint,
+    log_images,
+    log_synthetic_inputs,
+    model_facts,
+    report_model,
+    seed_everything,
+)
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun
 from pipeline.training import evaluate_sets, predict_probs
@@ -41,20 +49,17 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                             "real": cfg["data"]["real"][phase]})
         tracker.set_tags({"data_source": report["source"]})
         seed_everything(cfg["finetune"]["seed"])
+        _log_inputs(tracker, root, data, report)
         trained = train_phase_model(data, classes, opts, target, cache_dir=root / CACHE,
                                     logger=tracker.lightning_logger())
-        sets = {"val": data.val, "synthetic_test": phase_items(splits["test"], root, taxonomy,
-                                                               tax_phase)}
-        if not data.is_real:
-            sets["standin_test"] = standin_items(splits["heldout"], "test", root, taxonomy,
-                                                 tax_phase)
-        evaluations = evaluate_sets(trained.result.model, sets,
-                                    clean_classes=taxonomy.phase(tax_phase).clean_classes)
+        evaluations = _evaluate(trained.result.model, data, splits, root, taxonomy, tax_phase)
         facts = {**model_facts(trained.result.model, trained.result.checkpoint), **trained.facts,
                  "real_train_images": len(data.train), "real_val_images": len(data.val),
                  "data_is_real": int(data.is_real)}
         timing = {"train_seconds": round(trained.result.seconds, 1)}
         flat = report_model(tracker, target, evaluations, classes, facts, timing)
+        log_checkpoint(tracker, f"finetune_real-{phase}", trained.result.model,
+                       trained.result.checkpoint)
         records = {"train_files": image_records(data.train, classes),
                    "val_files": image_records(data.val, classes)} if data.is_real else {}
         write_json(target / layout.REAL_DATA, {**report, **trained.record, **records})
@@ -66,6 +71,29 @@ def run(cfg: dict, root: Path, phase: str) -> None:
             **flat, **timing, **{k: v for k, v in facts.items() if k != "checkpoint_sha256"}})
         log.info("finetune_real@%s (%s): %s", phase, report["source"],
                  {k: round(v, 4) for k, v in flat.items() if k.endswith(("accuracy", "macro_f1"))})
+
+
+def _evaluate(model, data, splits, root, taxonomy, tax_phase) -> dict:
+    """The delivered model on its val split, the synthetic test and (stand-in) the held-out
+    profiles' test share."""
+    sets = {"val": data.val, "synthetic_test": phase_items(splits["test"], root, taxonomy,
+                                                           tax_phase)}
+    if not data.is_real:
+        sets["standin_test"] = standin_items(splits["heldout"], "test", root, taxonomy, tax_phase)
+    return evaluate_sets(model, sets, clean_classes=taxonomy.phase(tax_phase).clean_classes)
+
+
+def _log_inputs(tracker, root, data, report) -> None:
+    """The images the phase trains on, as MLflow datasets."""
+    log_synthetic_inputs(tracker, root)
+    source = report.get("folder", "held-out synthetic profiles (stand-in)")
+    log_images(tracker, "real-train" if data.is_real else "standin-train", data.train, source,
+               "training")
+    log_images(tracker, "real-val" if data.is_real else "standin-val", data.val, source,
+               "validation")
+    if data.unlabeled:
+        log_images(tracker, "real-unlabeled", [(p, -1) for p in data.unlabeled],
+                   str(Path(data.unlabeled[0]).parent), "training")
 
 
 def _trained_phase(cfg: dict, phase: str) -> dict:

@@ -21,7 +21,7 @@ from pipeline.export.manifest import build_manifest
 from pipeline.export.onnx_export import OPSET
 from pipeline.files import hash_list, sha256_file, write_json
 from pipeline.models.classifier import load_classifier
-from pipeline.stages.common import load_splits
+from pipeline.stages.common import load_splits, log_images
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun, git_commit
 from pipeline.training import predict_probs
@@ -31,10 +31,7 @@ CONVERTERS = ("torch", "onnx", "onnxruntime", "tensorflow-cpu", "onnx2tf", "tfli
 
 
 def run(cfg: dict, root: Path, phase: str) -> None:
-    q = cfg["quantize"]
-    if phase not in cfg["finetune"]["phases"]:
-        raise UserError(f"{phase} delivers no model of its own (finetune.phases = "
-                        f"{cfg['finetune']['phases']}); phase 2 judges phase 1's artifacts")
+    q = _delivering(cfg, phase)
     ckpt = root / layout.phase_model(phase) / layout.CHECKPOINT
     model = load_classifier(ckpt, f"run finetune_real@{phase} first (dvc repro)")
     classes, pp = list(model.hparams.class_names), model.pp
@@ -44,6 +41,9 @@ def run(cfg: dict, root: Path, phase: str) -> None:
     real = read_real_data(root / layout.phase_model(phase) / layout.REAL_DATA, classes)
     cal_items, parity_items = pick_samples(real.train, splits["train"] + splits["val"],
                                            splits["test"], q)
+    if len(cal_items) < q["warn_below"]:
+        log.warning("only %d calibration images (< %d): int8 ranges may be poor",
+                    len(cal_items), q["warn_below"])
     with StageRun(root, cfg, "quantize", phase=phase) as tracker:
         tracker.log_params({"quantize": q})
         metadata = _onnx_metadata(model, phase, ckpt)
@@ -51,9 +51,6 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                            image_batch([p for p, _ in cal_items], pp),
                            image_batch([p for p, _ in parity_items], pp),
                            [y for _, y in parity_items], DeliveryOptions.from_config(q), metadata)
-        if len(cal_items) < q["warn_below"]:
-            log.warning("only %d calibration images (< %d): int8 ranges may be poor",
-                        len(cal_items), q["warn_below"])
         manifest = build_manifest(
             delivery.files, phase=phase, class_names=classes, label_map=dict(enumerate(classes)),
             preprocess=pp.to_dict(), source_checkpoint=str(ckpt.relative_to(root)),
@@ -65,11 +62,20 @@ def run(cfg: dict, root: Path, phase: str) -> None:
                 [sha256_file(p) for p, _ in cal_items])},
             ood_threshold=calibrate_threshold(predict_probs(model, real.val or splits["val"])))
         write_json(root / layout.artifacts(phase) / layout.MANIFEST, manifest)
-        _report(tracker, root, phase, delivery)
+        _report(tracker, root, phase, delivery, cal_items)
+        _register(tracker, phase, delivery, manifest, real)
         if delivery.parity["failures"]:
             raise UserError(f"parity gates failed for {phase}: "
                             f"{'; '.join(delivery.parity['failures'])} (a broken export; table "
                             f"in {layout.artifacts(phase) / 'parity.json'})")
+
+
+def _delivering(cfg: dict, phase: str) -> dict:
+    """The quantize config, for a phase that delivers a model of its own."""
+    if phase not in cfg["finetune"]["phases"]:
+        raise UserError(f"{phase} delivers no model of its own (finetune.phases = "
+                        f"{cfg['finetune']['phases']}); phase 2 judges phase 1's artifacts")
+    return cfg["quantize"]
 
 
 def _built_with(cfg: dict, phase: str) -> dict:
@@ -86,8 +92,11 @@ def _onnx_metadata(model, phase: str, ckpt: Path) -> dict[str, str]:
             "source_checkpoint_sha256": sha256_file(ckpt), "backbone": model.hparams.backbone}
 
 
-def _report(tracker: StageRun, root: Path, phase: str, delivery) -> None:
-    """Headline figures and host timings to the metrics file and MLflow (not the artifacts)."""
+def _report(tracker: StageRun, root: Path, phase: str, delivery, calibration) -> None:
+    """Headline figures and host timings to the metrics file and MLflow (not the artifacts),
+    and the calibration images as the run's dataset."""
+    log_images(tracker, "calibration", calibration, "real train + synthetic train/val",
+               "calibration")
     table = delivery.parity["table"]
     metrics = {f"parity/{fmt}/{k}": v for fmt, row in table.items() if fmt != "reference"
                for k, v in row.items() if k in ("top1_agreement", "accuracy_delta")}
@@ -101,12 +110,32 @@ def _report(tracker: StageRun, root: Path, phase: str, delivery) -> None:
     tracker.log_metrics(metrics)
     tracker.set_tags({"git_commit": git_commit(root)})
     tracker.log_artifacts(delivery.out_dir, "artifacts")
-    tracker.register_model(f"sem-defect-{phase}", "artifacts/model.onnx")
     for missed in delivery.parity["goals_missed"]:
         log.warning("quantize@%s: edge goal missed: %s", phase, missed)
     log.info("quantize@%s: flash %d B, arena %d B, agreement %s", phase,
              delivery.edge["int8"]["flash_bytes"], delivery.edge["int8"]["arena_bytes"],
              {k: round(v["top1_agreement"], 4) for k, v in table.items() if k != "reference"})
+
+
+def _register(tracker: StageRun, phase: str, delivery, manifest: dict, real) -> None:
+    """The delivered files as an MLflow logged model, registered as the newest version of
+    sem-defect-<phase> (alias <phase>), tagged with the digests of the data behind it."""
+    size = delivery.pp.image_size
+    out = delivery.out_dir
+    model_id = tracker.log_model(
+        f"sem-defect-{phase}", [out / n for n in ("model.onnx", "model_int8.onnx",
+                                                  "model_int8.tflite", layout.MANIFEST)],
+        signature={"inputs": [{"name": "image", "dtype": "float32", "shape": [1, 1, size, size],
+                               "range": [0.0, 1.0], "tflite_int8": delivery.io["int8"]["input"]}],
+                   "outputs": [{"name": "logits", "dtype": "float32",
+                                "shape": [1, len(delivery.class_names)],
+                                "tflite_int8": delivery.io["int8"]["output"]}]},
+        label_map=manifest["label_map"], tags={"phase": phase})
+    digests = {"source_checkpoint_sha256": manifest["source_checkpoint_sha256"],
+               "calibration_sha256": manifest["calibration"]["sha256"],
+               "real_train_sha256": hash_list([r["sha256"] for r in real.report.get(
+                   "train_files", [])]) if real.is_real else "stand-in"}
+    tracker.register_model(f"sem-defect-{phase}", model_id, alias=phase, tags=digests)
 
 
 def _scheme(q: dict, delivery) -> dict:

@@ -233,3 +233,32 @@ def test_matching_recipe_with_labelled_and_unlabelled_images(smoke_project, tmp_
     assert len(list((project / ".cache").glob("teacher_views-*.npy"))) == 1
     submission = (folder / "predictions_unlabeled.csv").read_text().splitlines()
     assert submission[0] == "image_name,predicted_class" and len(submission) == 5
+
+
+def test_mlflow_holds_datasets_models_aliases_and_the_pipeline_summary(smoke_project):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sem-defect-pipeline").experiment_id
+    for name, expected in (("train_teacher", {"synthetic-train", "synthetic-val"}),
+                           ("finetune_real@phase3", {"standin-train", "standin-val"}),
+                           ("quantize@phase1", {"calibration"}),
+                           ("evaluate@phase2", {"synthetic_test", "standin_test"})):
+        run = client.search_runs([exp], f"tags.`mlflow.runName` = '{name}'")[0]
+        inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+        assert expected <= set(inputs), name
+        assert all(len(d.digest) >= 16 for d in inputs.values())
+    logged = {m.name for m in client.search_logged_models([exp])}
+    assert {"train_teacher", "distill_student", "finetune_real-phase1",
+            "sem-defect-phase1", "sem-defect-phase3"} <= logged
+    for phase in ("phase1", "phase3"):
+        version = client.get_model_version_by_alias(f"sem-defect-{phase}", phase)
+        assert version.tags["source_checkpoint_sha256"] == \
+            sha256_file(smoke_project / "models" / phase / "model.ckpt")
+        assert version.tags["real_train_sha256"] == "stand-in"
+    evaluate = client.search_runs([exp], "tags.`mlflow.runName` = 'evaluate@phase1'")[0]
+    summary = client.get_run(evaluate.data.tags["mlflow.parentRunId"]).data.metrics
+    for phase in ("phase1", "phase2", "phase3"):
+        assert 0.0 <= summary[f"{phase}/standin_test/accuracy"] <= 1.0
+    assert summary["phase1/flash_bytes"] == \
+        (smoke_project / "artifacts/phase1/model_int8.tflite").stat().st_size
