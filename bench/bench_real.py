@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import find_root, load_params  # noqa: E402
+from pipeline.config import find_root, load_params, with_overrides  # noqa: E402
 from pipeline.data.folds import GROUPINGS, appearance_groups, grouped_folds  # noqa: E402
 from pipeline.data.images import read_gray8  # noqa: E402
 from pipeline.data.importer import load_unlabelled  # noqa: E402
@@ -130,18 +130,20 @@ def bench(opts: argparse.Namespace) -> None:
                 key = f"{opts.group}|{repeat}|{k}|{name}"
                 if key in results:
                     continue
-                results[key] = run_recipe(root, name, opts.set, data, test, classes,
-                                          fold_dir, work / "cache")
+                results[key] = run_recipe(root, base, name, data, test, classes, fold_dir,
+                                          work / "cache")
                 write_json(results_file, results)
                 print(key, json.dumps({m: round(v["accuracy"], 4) for m, v in
                                        results[key]["scores"].items()}), flush=True)
     print_table(results, opts.group, opts.recipes)
 
 
-def run_recipe(root: Path, name: str, extra: list[str], data: PhaseData, test, classes,
+def run_recipe(root: Path, base: dict, name: str, data: PhaseData, test, classes,
                fold_dir: Path, cache: Path) -> dict:
+    """One recipe on one fold. `base`: the params read once at the start (with --set), so
+    editing params.yaml during a long run changes nothing."""
     overrides, with_student = RECIPES[name]
-    cfg = load_params(root, [*extra, *overrides])
+    cfg = with_overrides(base, overrides)
     taxonomy = Taxonomy.from_config(cfg["taxonomy"])
     opts = RecipeOptions.from_config(cfg, root, head_row_sources(
         taxonomy, cfg["train"]["phase"], _phase_of(cfg, classes)))

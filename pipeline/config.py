@@ -6,6 +6,7 @@ Composition goes through DVC's own `compose_and_dump`, so `python -m pipeline co
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import tempfile
@@ -102,6 +103,12 @@ def load_params(root: Path, overrides: Sequence[str] = ()) -> dict:
         raise UserError(f"{path} is missing; create it with `python -m pipeline compose`")
     with open(path, encoding="utf-8") as fh:
         cfg = yaml.safe_load(fh)
+    return with_overrides(cfg, overrides)
+
+
+def with_overrides(cfg: dict, overrides: Sequence[str]) -> dict:
+    """A copy of params `cfg` with `key=value` overrides (existing keys only), validated."""
+    cfg = copy.deepcopy(cfg)
     leaves = flatten(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
