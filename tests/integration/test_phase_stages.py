@@ -240,7 +240,7 @@ def test_mlflow_holds_datasets_models_aliases_and_the_pipeline_summary(smoke_pro
 
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sem-defect-pipeline").experiment_id
-    for name, expected in (("train_teacher", {"synthetic-train", "synthetic-val"}),
+    for name, expected in (("train_teacher@phase1", {"synthetic-train", "synthetic-val"}),
                            ("finetune_real@phase3", {"standin-train", "standin-val"}),
                            ("quantize@phase1", {"calibration"}),
                            ("evaluate@phase2", {"synthetic_test", "standin_test"})):
