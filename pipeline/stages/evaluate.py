@@ -194,6 +194,18 @@ def _overlays(model, predictions, primary) -> list[dict]:
             for r, img, cam in zip(chosen, shown, cams, strict=True)]
 
 
+def _goals(parity: dict) -> dict:
+    """The edge goals against the delivered int8 model's parity (quantize.goals)."""
+    if "goals" not in parity:
+        return {}
+    row = parity["table"].get(DELIVERED, {})
+    return {"int8 top-1 agreement with fp32": f"{100 * row.get('top1_agreement', 0):.2f} %",
+            "int8 disagreements that are output ties":
+                f"{100 * row.get('disagreements_at_ties', 0):.2f} % of images",
+            "edge goals": "all met" if not parity["goals_missed"]
+            else "missed: " + "; ".join(parity["goals_missed"])}
+
+
 def _report_context(phase, source_phase, judged, latency, robustness, manifest, files_judged,
                     data_kind, data_note, delivered, test_sets, root, ev) -> dict:
     classes = delivered.class_names
@@ -210,7 +222,7 @@ def _report_context(phase, source_phase, judged, latency, robustness, manifest, 
         "ood": _ood(manifest, delivered, test_sets),
         **({"class_mapping": delivered.mapping.report()} if source_phase != phase else {}),
         "edge": {**manifest.get("edge", {}), "host_latency_ms": latency[DELIVERED],
-                 "host": host_name()},
+                 "host": host_name(), **_goals(manifest.get("parity", {}))},
         "provenance": {"judged model": f"{source_phase} ({Path(files_judged[DELIVERED]['path']).name})",
                        **{f"{fmt} sha256": v["sha256"] for fmt, v in files_judged.items()},
                        "git commit": git_commit(root),

@@ -108,3 +108,22 @@ def test_unreachable_server_fails_fast_and_keeps_outputs(tmp_path):
     assert "unreachable" in proc.stderr and "MLFLOW_TRACKING_URI" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert labels.read_bytes() == before
+
+
+def test_dvc_checkout_restores_what_a_failed_stage_removed(smoke_project, tmp_path):
+    """DVC removes a stage's outputs before running it; when the stage then fails, the one
+    command the README gives brings back the last outputs, metrics file included."""
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    kept = {p: (project / p).read_bytes() for p in ("data/splits/train.csv",
+                                                     "data/splits/leakage.json",
+                                                     "reports/data/split.json")}
+    failed = run(["dvc", "repro", "-f", "-s", "split"], project,
+                 env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, check=False)
+    assert failed.returncode != 0 and "unreachable" in failed.stderr + failed.stdout
+    assert not (project / "data/splits/train.csv").exists()  # DVC removed them first
+    run(["dvc", "checkout"], project)
+    assert {p: (project / p).read_bytes() for p in kept} == kept
+    assert "changed" not in run(["dvc", "status"], project).stdout

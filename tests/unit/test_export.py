@@ -426,3 +426,19 @@ def test_tflm_arena_fits_small_models_with_large_activations(tmp_path):
     res = tflm_check(path, np.random.default_rng(1).random((1, 1, 128, 128), np.float32))
     assert res["arena_bytes"] >= 128 * 128 * 16 * 4  # the float conv output alone
     assert res["max_abs_diff_vs_tflite"] < 1e-4
+
+
+def test_calibration_never_draws_test_images_and_parity_only_test_ones():
+    from pipeline.export.deliver import pick_samples
+
+    real = [(f"real_train_{i}.png", 0) for i in range(50)]
+    synthetic = [(f"syn_trainval_{i}.png", 1) for i in range(400)]
+    test = [(f"test_{i}.png", 2) for i in range(300)]
+    q = {"seed": 3, "calibration_images": 120, "parity_images": 100}
+    cal, parity = pick_samples(real, synthetic, test, q)
+    assert not {p for p, _ in cal} & {p for p, _ in test}
+    assert {p for p, _ in parity} <= {p for p, _ in test} and len(parity) == 100
+    assert sum(p.startswith("real") for p, _ in cal) == 50  # all 50 real (the share is 60)
+    assert sum(p.startswith("syn") for p, _ in cal) == 60
+    # The parity sample does not move when the calibration size changes.
+    assert pick_samples(real, synthetic, test, {**q, "calibration_images": 10})[1] == parity
