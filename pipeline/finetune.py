@@ -8,6 +8,7 @@ where to write. The pieces:
 - `adapt`: train on real images (plus a replay share of synthetic ones), early-stopped on
   the real validation split;
 - `hardest`: the synthetic images the starting model finds hardest (the replay buffer);
+- `reestimate_batchnorm`: batch-norm statistics of the target images (unlabelled real ones);
 - `prepare_for_int8`: activation equalization and weights on the int8 grid before export.
 """
 
@@ -158,6 +159,35 @@ def hardest(model: SEMClassifier, items: Items, size: int) -> Items:
                         reduction="none").numpy()
     keep = np.argsort(-losses, kind="stable")[:size]
     return [items[i] for i in sorted(keep.tolist())]
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: SEMClassifier, images: Sequence[str], *,
+                         batch_size: int = 32) -> int:
+    """Replace every BatchNorm's running mean and variance by their statistics on `images`
+    (unlabelled target-domain images, the model's own preprocessing), leaving every weight as
+    it was; the caller writes the checkpoint. Returns how many layers changed.
+
+    The statistics are per batch, as in training, and averaged over all batches (momentum
+    None), so they do not depend on the momentum the model was trained with."""
+    norms = [m for m in model.net.modules()
+             if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]
+    if not norms or not images:
+        return 0
+    model.eval()
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for x in image_batches([(p, 0) for p in images], model.pp, batch_size):
+            model(x)
+    finally:
+        for m, (momentum, training) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.train(training)
+    return len(norms)
 
 
 def prepare_for_int8(result: FitResult, val: Items, calibration_pool: Items, *,

@@ -12,10 +12,13 @@ SYNTHETIC = Path("data/synthetic")
 SPLITS = Path("data/splits")
 TEACHER = Path("models/teacher")
 STUDENT = Path("models/student")
-SYNTHESIZE_METRICS = Path("reports/data/synthesize.json")
-SPLIT_METRICS = Path("reports/data/split.json")
-TEACHER_METRICS = Path("reports/models/teacher.json")
-STUDENT_METRICS = Path("reports/models/student.json")
+SYNTHESIZE_REPORT = Path("reports/data/synthesize.json")
+SPLIT_REPORT = Path("reports/data/split.json")
+# DVC metrics are folders of small files, one row of `dvc metrics show` each: `<set>.json`
+# with the headline scores of one test set, or `edge.json`. Everything else a stage measures
+# goes to the JSON reports beside them.
+TEACHER_METRICS = Path("reports/teacher")
+STUDENT_METRICS = Path("reports/student")
 CHECKPOINT = "model.ckpt"
 REAL_DATA = "real_data.json"  # beside a phase's checkpoint: the real images it used
 MANIFEST = "manifest.json"
@@ -31,7 +34,18 @@ def phase_model(phase: str) -> Path:
 
 
 def phase_model_metrics(phase: str) -> Path:
-    return Path("reports/models") / f"{phase}.json"
+    """finetune_real@phase's DVC metrics: the phase's fp32 checkpoint on each scored set."""
+    return reports(phase) / "fp32"
+
+
+def training_curve(model: str) -> Path:
+    """Scores per epoch of a trained model (teacher, student, a phase), for dvc plots."""
+    return Path("reports/curves") / f"{model}.json"
+
+
+def training_time(model: str) -> Path:
+    """Wall time of training a model; beside the metrics, as it changes on every run."""
+    return Path("reports/timing") / f"{model}.json"
 
 
 def artifacts(phase: str) -> Path:
@@ -39,8 +53,8 @@ def artifacts(phase: str) -> Path:
     return Path("artifacts") / phase
 
 
-def artifact_metrics(phase: str) -> Path:
-    """quantize@phase: headline edge figures and host timings (not part of the artifacts)."""
+def artifact_report(phase: str) -> Path:
+    """quantize@phase: parity, edge figures and host timings (not part of the artifacts)."""
     return Path("reports/artifacts") / f"{phase}.json"
 
 
@@ -49,24 +63,34 @@ def reports(phase: str) -> Path:
     return Path("reports") / phase
 
 
+def phase_metrics(phase: str) -> Path:
+    """evaluate@phase's DVC metrics: the delivered int8 model on each test set, and edge.json
+    (flash and arena)."""
+    return reports(phase) / "int8"
+
+
 def stage_outputs(stage: str, phase: str | None = None) -> dict[str, list[Path]]:
-    """{"outs": [...], "metrics": [...]} that `stage` (at `phase`) writes, as dvc.yaml lists."""
+    """{"outs", "metrics", "plots"} that `stage` (at `phase`) writes, as dvc.yaml lists them."""
     table = {
-        "synthesize": ([SYNTHETIC], [SYNTHESIZE_METRICS]),
-        "split": ([SPLITS], [SPLIT_METRICS]),
-        "train_teacher": ([TEACHER], [TEACHER_METRICS]),
-        "distill_student": ([STUDENT], [STUDENT_METRICS]),
+        "synthesize": ([SYNTHETIC, SYNTHESIZE_REPORT], [], []),
+        "split": ([SPLITS, SPLIT_REPORT], [], []),
+        "train_teacher": ([TEACHER, training_time("teacher")], [TEACHER_METRICS],
+                          [training_curve("teacher")]),
+        "distill_student": ([STUDENT, training_time("student")], [STUDENT_METRICS],
+                            [training_curve("student")]),
     }
     if stage in table:
-        outs, metrics = table[stage]
+        outs, metrics, plots = table[stage]
     elif stage == "finetune_real":
-        outs, metrics = [phase_model(phase)], [phase_model_metrics(phase)]
+        outs, metrics, plots = ([phase_model(phase), training_time(phase)],
+                                [phase_model_metrics(phase)], [training_curve(phase)])
     elif stage == "quantize":
-        outs, metrics = [artifacts(phase)], [artifact_metrics(phase)]
+        outs, metrics, plots = [artifacts(phase), artifact_report(phase)], [], []
     elif stage == "evaluate":
         folder = reports(phase)
-        outs = [folder / n for n in ("report.html", "predictions.csv", "per_class.csv")]
-        metrics = [folder / "metrics.json"]
+        outs = [folder / n for n in ("report.html", "predictions.csv", "per_class.csv",
+                                     "metrics.json")]
+        metrics, plots = [phase_metrics(phase)], [folder / "confusion.json"]
     else:
         raise KeyError(f"unknown stage {stage!r}")
-    return {"outs": list(outs), "metrics": list(metrics)}
+    return {"outs": list(outs), "metrics": list(metrics), "plots": list(plots)}

@@ -27,12 +27,13 @@ from pipeline.finetune import (
     adapt,
     hardest,
     prepare_for_int8,
+    reestimate_batchnorm,
     start_model,
 )
 from pipeline.matching import MatchOptions, Teacher, match, teacher_id, transfer_set
 from pipeline.models.classifier import load_classifier
 from pipeline.preflight import SYNTHETIC_TEACHER
-from pipeline.training import FitResult, Items, evaluate_sets, predict_probs
+from pipeline.training import FitResult, Items, evaluate_sets, predict_probs, replace_weights
 
 RECIPES = ("matching", "finetune")
 STUDENT_STARTS = ("student", "scratch")
@@ -69,6 +70,7 @@ class RecipeOptions:
     replay_size: int = 0
     teacher_kd: Mapping = field(default_factory=lambda: {"enabled": False})
     self_training: Mapping = field(default_factory=lambda: {"enabled": False})
+    bn_adapt: Mapping = field(default_factory=lambda: {"enabled": False})
     equalize_images: int = 0
     weight_grid: bool = True
 
@@ -91,7 +93,8 @@ class RecipeOptions:
             matching=MatchOptions.from_config(m, cfg), synthetic_images=m["synthetic_images"],
             use_unlabeled=m["unlabeled"], replay_size=ft["replay"]["size"],
             teacher_kd=dict(ft["teacher_kd"]), self_training=dict(ft["self_training"]),
-            equalize_images=ft["int8_equalize_images"], weight_grid=ft["int8_weight_grid"])
+            bn_adapt=dict(ft["bn_adapt"]), equalize_images=ft["int8_equalize_images"],
+            weight_grid=ft["int8_weight_grid"])
 
 
 @dataclass
@@ -119,6 +122,11 @@ def train_phase_model(data: PhaseData, classes: Sequence[str], opts: RecipeOptio
                             logger)
     else:
         trained = _finetune(data, classes, opts, out_dir, logger)
+    if opts.bn_adapt["enabled"] and data.unlabeled:
+        trained.facts["bn_adapt_layers"] = reestimate_batchnorm(
+            trained.result.model, data.unlabeled, batch_size=opts.bn_adapt["batch_size"])
+        trained.facts["bn_adapt_images"] = len(data.unlabeled)
+        replace_weights(trained.result.model, trained.result.checkpoint)
     trained.facts.update(prepare_for_int8(
         trained.result, data.val, data.train + data.synthetic_train,
         equalize_images=opts.equalize_images, weight_grid=opts.weight_grid,

@@ -326,6 +326,11 @@ class SelfTraining(Section):
     threshold: Probability
 
 
+class BatchNormAdapt(Section):
+    enabled: Bool
+    batch_size: BatchSize
+
+
 class Finetune(Section):
     seed: Seed
     phases: DistinctNames  # phases that train (checked in Config)
@@ -349,6 +354,7 @@ class Finetune(Section):
     replay: Replay
     teacher_kd: TeacherKD
     self_training: SelfTraining
+    bn_adapt: BatchNormAdapt
 
 
 class OutputCode(Section):

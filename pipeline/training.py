@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -53,6 +53,24 @@ class FitResult:
     seconds: float
     epochs: int
     is_global_zero: bool
+    curve: list[dict[str, float]]  # per epoch: its train and validation scores
+
+
+# Prefixes of the epoch-level scores a training curve keeps (the val loaders' names included).
+CURVE_PREFIXES = ("train/", "val/", "heldout/")
+
+
+class EpochCurve(Callback):
+    """Records every epoch's logged train and validation scores (for `dvc plots`)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after the epoch's validation, so both sides are in callback_metrics.
+        scores = {k: round(float(v), 4) for k, v in sorted(trainer.callback_metrics.items())
+                  if k.startswith(CURVE_PREFIXES)}
+        self.rows.append({"epoch": trainer.current_epoch, **scores})
 
 
 def fit(
@@ -75,6 +93,7 @@ def fit(
     shutil.rmtree(scratch, ignore_errors=True)
     best = ModelCheckpoint(dirpath=scratch, filename="best", monitor=MONITOR, mode="max",
                            save_top_k=1, save_last=False, enable_version_counter=False)
+    curve = EpochCurve()
     trainer = L.Trainer(
         accelerator=trainer_cfg["accelerator"],
         devices=trainer_cfg["devices"],
@@ -83,7 +102,7 @@ def fit(
         precision=trainer_cfg["precision"],
         deterministic=trainer_cfg["deterministic"],
         max_epochs=max_epochs,
-        callbacks=[best, EarlyStopping(monitor=MONITOR, mode="max", patience=patience)],
+        callbacks=[best, EarlyStopping(monitor=MONITOR, mode="max", patience=patience), curve],
         logger=logger if logger is not None else False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -98,7 +117,8 @@ def fit(
         shutil.rmtree(scratch, ignore_errors=True)
     best_model = SEMClassifier.load_from_checkpoint(out_file, map_location="cpu", weights_only=True) \
         if trainer.is_global_zero else model
-    return FitResult(best_model, out_file, seconds, trainer.current_epoch, trainer.is_global_zero)
+    return FitResult(best_model, out_file, seconds, trainer.current_epoch, trainer.is_global_zero,
+                     curve.rows)
 
 
 def _write_weights_only(best: Path, out_file: Path) -> None:

@@ -88,3 +88,15 @@ def confusion_records(y_true: Sequence[int], y_pred: Sequence[int],
     """One {"actual", "predicted"} record per image, as DVC's confusion plot template reads."""
     return [{"actual": class_names[t], "predicted": class_names[p]}
             for t, p in zip(y_true, y_pred, strict=True)]
+
+
+# The columns of `dvc metrics show`: one shared vocabulary, so every stage's rows line up in
+# one table narrower than a terminal. false_alarm is classification_metrics' clean_false_alarm.
+HEADLINE = {"accuracy": "accuracy", "macro_f1": "macro_f1", "defect_recall": "defect_recall",
+            "false_alarm": "clean_false_alarm"}
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The scores `dvc metrics show` lists for one test set, rounded to 4 decimals."""
+    return {name: round(float(metrics[key]), 4) for name, key in HEADLINE.items()
+            if key in metrics and np.isfinite(metrics[key])}

@@ -13,15 +13,15 @@ from pipeline import layout
 from pipeline.data.datamodule import SEMDataModule
 from pipeline.data.split import phase_items
 from pipeline.errors import UserError
-from pipeline.evaluate.metrics import scalar_metrics
+from pipeline.evaluate.metrics import headline, scalar_metrics
 from pipeline.evaluate.plots import confusion_figure, save_figure
-from pipeline.files import hash_list, read_csv, sha256_file, write_json
+from pipeline.files import atomic_dir, hash_list, read_csv, sha256_file, write_json
 from pipeline.models.backbones import count_macs, count_params
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess, load_teacher
 from pipeline.models.preprocess import Preprocess
 from pipeline.taxonomy import Taxonomy, clean_classes
 from pipeline.tracking import StageRun
-from pipeline.training import evaluate_sets, fit, loss_config, predict_logits
+from pipeline.training import FitResult, evaluate_sets, fit, loss_config, predict_logits
 
 log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test", "heldout")
@@ -62,6 +62,25 @@ def log_checkpoint(tracker: StageRun, name: str, model: SEMClassifier, checkpoin
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, len(classes)]}]},
         label_map=dict(enumerate(classes)),
         tags={"backbone": model.hparams.backbone, "checkpoint_sha256": sha256_file(checkpoint)})
+
+
+def write_headline(folder: Path, scores: Mapping[str, dict],
+                   extra: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """A DVC metrics folder: `<set>.json` holding `headline` scores for each scored set, and
+    each `extra` row (timings, edge figures) as `<name>.json`; replaced as a whole."""
+    with atomic_dir(folder) as tmp:
+        for name, metrics in scores.items():
+            write_json(tmp / f"{name}.json", headline(metrics))
+        for name, row in (extra or {}).items():
+            write_json(tmp / f"{name}.json", dict(row))
+
+
+def write_training_metrics(root: Path, name: str, metrics_dir: Path,
+                           evaluations: Mapping[str, dict], result: FitResult) -> None:
+    """A trained model's DVC metrics (headline per scored set), curve and wall time."""
+    write_headline(metrics_dir, evaluations)
+    write_json(root / layout.training_curve(name), result.curve)
+    write_json(root / layout.training_time(name), {"train_seconds": round(result.seconds, 1)})
 
 
 def seed_everything(seed: int) -> None:
@@ -112,7 +131,7 @@ def report_model(
 
 
 def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: dict,
-                out_dir: Path, metrics_file: Path, teacher_ckpt: Path | None,
+                out_dir: Path, metrics_dir: Path, teacher_ckpt: Path | None,
                 kd: dict | None) -> None:
     """Train one model on the synthetic splits; shared by train_teacher and distill_student.
 
@@ -164,7 +183,6 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
         timing = {"train_seconds": round(result.seconds, 1)}
         flat = report_model(tracker, out_dir, evaluations, classes, facts, timing)
         log_checkpoint(tracker, stage, result.model, result.checkpoint)
-        write_json(metrics_file, {**flat, **timing,
-                                  **{k: v for k, v in facts.items() if k != "backbone"}})
+        write_training_metrics(root, out_dir.name, metrics_dir, evaluations, result)
         log.info("%s: %s", stage, {k: round(v, 4) for k, v in flat.items() if "accuracy" in k
                                    or "macro_f1" in k})

@@ -22,7 +22,7 @@ def run(cfg: dict, root: Path) -> None:
                         f"use one of {TEACHER_LOGITS}")
     train_model(
         cfg, root, stage="distill_student", model_cfg=cfg["model"]["student"], opt_cfg=distill,
-        out_dir=root / layout.STUDENT, metrics_file=root / layout.STUDENT_METRICS,
+        out_dir=root / layout.STUDENT, metrics_dir=root / layout.STUDENT_METRICS,
         teacher_ckpt=root / layout.TEACHER / layout.CHECKPOINT if use_teacher else None,
         kd={k: distill[k] for k in ("temperature", "alpha", "teacher_logits")} if use_teacher
         else None,

@@ -37,7 +37,7 @@ from pipeline.evaluate.saliency import (
 from pipeline.evaluate.submission import submission_rows, write_submission
 from pipeline.files import read_json, sha256_file, write_csv, write_json
 from pipeline.models.classifier import load_classifier
-from pipeline.stages.common import load_splits, log_images
+from pipeline.stages.common import load_splits, log_images, write_headline
 from pipeline.taxonomy import Taxonomy, clean_classes
 from pipeline.tracking import StageRun, git_commit
 
@@ -72,6 +72,9 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         metrics = _write_outputs(out, judged, classes, files_judged, data_kind, data_note,
                                  predictors[DELIVERED].mapping.report(), robustness,
                                  saliency and saliency["metrics"])
+        write_headline(root / layout.phase_metrics(phase),
+                       {s: by_fmt[DELIVERED] for s, by_fmt in judged.metrics.items()},
+                       {"edge": _edge_row(manifest)})
         write_report(out / "report.html", {**_report_context(
             phase, source_phase, judged, latency, robustness, manifest, files_judged,
             data_kind, data_note, predictors[DELIVERED], test_sets, root, ev),
@@ -114,6 +117,13 @@ def _robustness(predictor, test_sets, classes, ev) -> list[dict]:
     items = test_sets["synthetic_test"][0][: ev["robustness_images"]]
     return robustness_table(predictor, [read_gray8(Path(p)) for p, _ in items],
                             [y for _, y in items], classes, seed=ev["seed"])
+
+
+def _edge_row(manifest: dict) -> dict[str, float]:
+    """Flash and arena of the delivered int8 model, in KiB."""
+    edge = manifest.get("edge", {})
+    return {name: round(edge[key] / 1024, 1) for name, key in
+            (("flash_kb", "flash_bytes"), ("arena_kb", "arena_bytes")) if key in edge}
 
 
 def _primary(judged) -> str:

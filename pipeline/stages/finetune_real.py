@@ -25,6 +25,7 @@ from pipeline.stages.common import (
     model_facts,
     report_model,
     seed_everything,
+    write_training_metrics,
 )
 from pipeline.taxonomy import Taxonomy
 from pipeline.tracking import StageRun
@@ -67,8 +68,8 @@ def run(cfg: dict, root: Path, phase: str) -> None:
         if cfg["data"]["real"][phase]["unlabeled"]:
             tracker.log_artifact(_predict_unlabeled(trained.result.model, cfg, phase, target),
                                  "predictions")
-        write_json(root / layout.phase_model_metrics(phase), {
-            **flat, **timing, **{k: v for k, v in facts.items() if k != "checkpoint_sha256"}})
+        write_training_metrics(root, phase, root / layout.phase_model_metrics(phase),
+                               evaluations, trained.result)
         log.info("finetune_real@%s (%s): %s", phase, report["source"],
                  {k: round(v, 4) for k, v in flat.items() if k.endswith(("accuracy", "macro_f1"))})
 

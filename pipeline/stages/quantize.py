@@ -106,7 +106,7 @@ def _report(tracker: StageRun, root: Path, phase: str, delivery, calibration) ->
     metrics.update({f"host_latency_ms/{kind}": round(lat["median_ms"], 3)
                     for kind, lat in delivery.host_latency().items()})
     metrics["goals_met"] = int(not delivery.parity["goals_missed"])
-    write_json(root / layout.artifact_metrics(phase), metrics)
+    write_json(root / layout.artifact_report(phase), metrics)
     tracker.log_metrics(metrics)
     tracker.set_tags({"git_commit": git_commit(root)})
     tracker.log_artifacts(delivery.out_dir, "artifacts")

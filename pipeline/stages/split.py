@@ -76,7 +76,7 @@ def run(cfg: dict, root: Path) -> None:
         metrics = {f"images_{name}": len(r) for name, r in splits.items()}
         metrics["leak_exact"] = len(report["exact"])
         metrics["leak_near"] = len(report["near"])
-        write_json(root / layout.SPLIT_METRICS, metrics)
+        write_json(root / layout.SPLIT_REPORT, metrics)
         tracker.log_metrics(metrics)
         tracker.log_artifact(out / "leakage.json", "split")
         log.info("split sizes %s; leakage exact=%d near=%d", metrics, metrics["leak_exact"],

@@ -52,7 +52,7 @@ def run(cfg: dict, root: Path) -> None:
             **{f"profile_{k}": v for k, v in sorted(Counter(r["profile"] for r in rows).items())},
             **_numeric(checks, "check"),
         }
-        write_json(root / layout.SYNTHESIZE_METRICS, metrics)
+        write_json(root / layout.SYNTHESIZE_REPORT, metrics)
         tracker.log_metrics(metrics)
         tracker.log_artifacts(root / layout.SYNTHETIC / "grids", "grids")
         tracker.log_artifact(root / layout.SYNTHETIC / "checks.json", "checks")

@@ -73,7 +73,7 @@ def test_delivered_weights_sit_on_the_int8_grid(smoke_project):
         w = layer.weight.detach().flatten(1)
         steps = w / (w.abs().amax(1, keepdim=True) / 127)
         assert torch.allclose(steps, steps.round(), atol=1e-3)
-    metrics = json.loads((smoke_project / "reports/models/phase1.json").read_text())
+    metrics = json.loads((smoke_project / "models/phase1/metrics.json").read_text())["facts"]
     assert 0.0 <= metrics["int8_grid_val_top1_agreement"] <= 1.0
     # finetune.int8_equalize_images: the edge_cnn student's blocks were equalized first.
     assert 0.0 < metrics["equalize_block0_median_channel_share"] <= 1.0
@@ -91,15 +91,44 @@ def test_phase2_judges_phase1_files_unchanged(smoke_project):
 
 
 def test_reports_metrics_and_plots_for_every_phase(smoke_project):
-    shown = run(["dvc", "metrics", "show", "--json"], smoke_project).stdout
     for phase in ("phase1", "phase2", "phase3"):
-        assert f"reports/{phase}/metrics.json" in shown
         html = (smoke_project / f"reports/{phase}/report.html").read_text()
         assert "STAND-IN" in html.upper() and "data:image/png;base64" in html
         records = json.loads((smoke_project / f"reports/{phase}/confusion.json").read_text())
         assert records and set(records[0]) == {"actual", "predicted"}
-    plots = run(["dvc", "plots", "show", "--json"], smoke_project).stdout
-    assert "reports/phase1/confusion.json" in plots
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], smoke_project).stdout)
+    for name in ("reports/phase1/confusion.json", "reports/curves/teacher.json",
+                 "reports/curves/student.json", "reports/curves/phase3.json"):
+        assert name in plots["data"], name
+    curve = json.loads((smoke_project / "reports/curves/student.json").read_text())
+    assert [row["epoch"] for row in curve] == list(range(len(curve))) and curve
+    assert {"val/acc", "val/macro_f1", "train/loss"} <= set(curve[0])
+
+
+def test_dvc_metrics_show_fits_a_terminal_with_numbers_only(smoke_project):
+    """One row per test set (delivered int8 model per phase; each trained model), flash and
+    arena per phase, wall times: scalar headline numbers in one shared vocabulary."""
+    table = run(["dvc", "metrics", "show"], smoke_project).stdout
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], smoke_project).stdout)
+    files = next(iter(shown.values()))["data"]
+    rows = {path: entry["data"] for path, entry in files.items()}
+    for phase in ("phase1", "phase2", "phase3"):
+        assert f"reports/{phase}/int8/standin_test.json" in rows, sorted(rows)
+        edge = rows[f"reports/{phase}/int8/edge.json"]
+        assert edge["flash_kb"] > 0 and edge["arena_kb"] > 0
+    scores = rows["reports/phase1/int8/standin_test.json"]
+    full = json.loads((smoke_project / "reports/phase1/metrics.json").read_text())
+    delivered = full["standin_test"]["tflite_int8"]
+    assert scores == {"accuracy": round(delivered["accuracy"], 4),
+                      "macro_f1": round(delivered["macro_f1"], 4),
+                      "defect_recall": round(delivered["defect_recall"], 4),
+                      "false_alarm": round(delivered["clean_false_alarm"], 4)}
+    assert rows["reports/phase3/fp32/val.json"]["accuracy"] >= 0
+    timing = json.loads((smoke_project / "reports/timing/teacher.json").read_text())
+    assert timing["train_seconds"] > 0
+    for row in rows.values():
+        assert all(isinstance(v, int | float) for v in row.values()), row
 
 
 def test_predict_command_agrees_across_formats(smoke_project, tmp_path):
@@ -185,7 +214,7 @@ def test_finetune_with_a_real_fine_tuned_teacher(smoke_project, tmp_path):
     assert Path(student.hparams.teacher_ckpt).resolve() == \
         (folder / "teacher_synthetic.ckpt").resolve()
     assert student.hparams.kd == {"temperature": 4.0, "alpha": 0.7}
-    metrics = json.loads((project / "reports/models/phase3.json").read_text())
+    metrics = json.loads((project / "models/phase3/metrics.json").read_text())["facts"]
     assert 0.0 <= metrics["teacher_val_accuracy"] <= 1.0
     # Switched off again, the stage leaves no stale teacher behind.
     run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase3",

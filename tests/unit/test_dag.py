@@ -97,6 +97,6 @@ def test_outputs_match_the_layout(stage):
         expected = layout.stage_outputs(stage, "${key}" if stage == "evaluate" else "${item}")
     else:
         expected = layout.stage_outputs(stage)
-    for kind in ("outs", "metrics"):
+    for kind in ("outs", "metrics", "plots"):
         assert sorted(_declared(spec.get(kind, []))) == sorted(p.as_posix()
                                                                for p in expected[kind])

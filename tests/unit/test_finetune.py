@@ -9,8 +9,10 @@ from pipeline.config import load_params
 from pipeline.data.datamodule import MixedBatchSampler, SEMDataModule
 from pipeline.data.real import require_trainable, split_real
 from pipeline.errors import UserError
+from pipeline.finetune import reestimate_batchnorm
 from pipeline.models.classifier import SEMClassifier
 from pipeline.models.surgery import classifier_layer, head_row_sources, transfer_weights
+from pipeline.training import image_batches
 
 LOSS = {"name": "ce", "label_smoothing": 0.0}
 OPT = {"lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0}
@@ -110,3 +112,36 @@ def test_real_split_keeps_flipped_copies_together(tmp_path):
 def test_training_refuses_a_folder_that_cannot_train():
     with pytest.raises(UserError, match="at least 4 images in 2 classes"):
         require_trainable([("x.png", 0)] * 10, ["a", "b"], "/data/real")
+
+
+def test_batchnorm_reestimation_changes_only_batchnorm_buffers(tmp_path):
+    """AdaBN: the running statistics become those of the target images; weights stay."""
+    model = _model(["a", "b", "c"])
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(10):  # bright, low-contrast "target" images unlike the init statistics
+        path = tmp_path / f"t{i}.png"
+        Image.fromarray(rng.integers(180, 220, (40, 40), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = {name for name, m in model.net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert reestimate_batchnorm(model, paths, batch_size=4) == len(norms) > 0
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert changed and all(k.endswith(buffers) and k.startswith("net.") and
+                           k.removeprefix("net.").rsplit(".", 1)[0] in norms for k in changed)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(buffers))
+    assert not any(m.training for m in model.modules())  # left in eval, momentum restored
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # The first BatchNorm holds the average over batches of its input's batch mean (its
+    # input does not depend on any BatchNorm statistics).
+    first = next(m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first.register_forward_hook(lambda m, i, o: seen.append(i[0].mean((0, 2, 3))))
+    with torch.no_grad():
+        for x in image_batches([(p, 0) for p in paths], model.pp, 4):
+            model(x)
+    hook.remove()
+    assert torch.allclose(first.running_mean, torch.stack(seen).mean(0), atol=1e-5)
+    assert reestimate_batchnorm(model, [], batch_size=4) == 0

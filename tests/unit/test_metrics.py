@@ -1,8 +1,15 @@
+import json
+
 import numpy as np
 import pytest
 
 from pipeline.data.split import phase_items
-from pipeline.evaluate.metrics import classification_metrics, expected_calibration_error
+from pipeline.evaluate.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    headline,
+)
+from pipeline.stages.common import write_headline
 from pipeline.training import loss_config
 
 NAMES = ["clean", "bridge", "open"]
@@ -67,3 +74,19 @@ def test_phase_items_map_fine_classes(taxonomy, tmp_path):
     rows = [{"path": "a.png", "fine_class": "clean_via"}, {"path": "b.png", "fine_class": "residue"}]
     items = phase_items(rows, tmp_path, taxonomy, "phase3")
     assert items == [(str(tmp_path / "a.png"), 3), (str(tmp_path / "b.png"), 8)]
+
+
+def test_headline_renames_rounds_and_drops_undefined_scores(tmp_path):
+    scores = classification_metrics([0, 1, 2, 2], [0, 1, 1, 2], ["clean", "a", "b"],
+                                    clean_classes=["clean"])
+    row = headline(scores)
+    assert row == {"accuracy": 0.75, "macro_f1": round(scores["macro_f1"], 4),
+                   "defect_recall": 1.0, "false_alarm": 0.0}
+    assert "defect_recall" not in headline({**scores, "defect_recall": float("nan")})
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "stale_set.json").write_text("{}")
+    write_headline(folder, {"test": scores}, {"timing": {"seconds": 1.5}})
+    assert sorted(p.name for p in folder.iterdir()) == ["test.json", "timing.json"]
+    assert json.loads((folder / "timing.json").read_text()) == {"seconds": 1.5}
+    assert json.loads((folder / "test.json").read_text()) == row

@@ -11,6 +11,7 @@ from pipeline.data.transforms import build_augment
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import classification_metrics
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
+from pipeline.training import CPU_TRAINER, fit
 
 CLASSES = ["clean", "bridge", "open"]
 LOSS = {"name": "ce", "label_smoothing": 0.1}
@@ -208,3 +209,14 @@ def test_validation_metrics_are_the_reported_metrics():
             loss = F.cross_entropy(logits, torch.tensor(y_true))
             assert float(logged[f"{name}/loss"]) == pytest.approx(float(loss)), name
     assert float(logged["val/macro_f1"]) == pytest.approx(2 / 3)
+
+
+def test_fit_returns_one_curve_row_per_epoch_with_train_and_val_scores(items, tmp_path):
+    L.seed_everything(3)
+    result = fit(_model("plain_cnn", 32), _dm(items, 32), trainer_cfg=CPU_TRAINER, max_epochs=3,
+                 patience=5, out_file=tmp_path / "model.ckpt", progress=False)
+    assert [row["epoch"] for row in result.curve] == [0, 1, 2]
+    for row in result.curve:
+        assert {"train/loss", "val/acc", "val/macro_f1", "heldout/acc"} <= set(row)
+        assert 0.0 <= row["val/acc"] <= 1.0
+    assert len({row["train/loss"] for row in result.curve}) > 1  # a row per epoch, not one copy
