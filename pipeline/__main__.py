@@ -1,7 +1,7 @@
 """Command line: `python -m pipeline <command> [args]`.
 
 Stages (run by DVC; `key=value` overrides apply on top of params.yaml for debugging):
-  synthesize, split, train_teacher, distill_student
+  synthesize, sim_to_real, split, train_teacher, distill_student
   finetune_real PHASE, quantize PHASE, evaluate PHASE
 Tools:
   compose [hydra overrides]   write params.yaml from conf/ (what `dvc exp run -S` does)
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 
-STAGES = ("synthesize", "split", "train_teacher", "distill_student")
+STAGES = ("synthesize", "sim_to_real", "split", "train_teacher", "distill_student")
 PHASE_STAGES = ("finetune_real", "quantize", "evaluate")
 
 
@@ -108,7 +108,7 @@ def _domain_gap(args: list[str]) -> int:
     import argparse
 
     from pipeline.config import find_root, load_params
-    from pipeline.evaluate.domain_gap import measure_folders
+    from pipeline.evaluate.domain_gap import gap_table, measure_folders
     from pipeline.taxonomy import Taxonomy
 
     parser = argparse.ArgumentParser(prog="python -m pipeline domain-gap")
@@ -121,9 +121,9 @@ def _domain_gap(args: list[str]) -> int:
                         help="synthetic images drawn per fine class (default 60)")
     opts = parser.parse_args(args)
     taxonomy = Taxonomy.from_config(load_params(find_root())["taxonomy"])
-    table = measure_folders(Path(opts.synthetic), Path(opts.real), taxonomy, opts.taxonomy,
-                            Path(opts.out), per_class=opts.per_class)
-    print(table)
+    rows = measure_folders(Path(opts.synthetic), Path(opts.real), taxonomy, opts.taxonomy,
+                           Path(opts.out), per_class=opts.per_class)
+    print(gap_table(rows))
     print(f"-> {opts.out}/domain_gap.json")
     return 0
 

@@ -14,6 +14,7 @@ TEACHER = Path("models/teacher")
 STUDENT = Path("models/student")
 SYNTHESIZE_REPORT = Path("reports/data/synthesize.json")
 SPLIT_REPORT = Path("reports/data/split.json")
+DOMAIN_GAP = Path("reports/data/domain_gap")  # one folder per real folder, and summary.json
 # DVC metrics are folders of small files, one row of `dvc metrics show` each: `<set>.json`
 # with the headline scores of one test set, or `edge.json`. Everything else a stage measures
 # goes to the JSON reports beside them.
@@ -73,6 +74,7 @@ def stage_outputs(stage: str, phase: str | None = None) -> dict[str, list[Path]]
     """{"outs", "metrics", "plots"} that `stage` (at `phase`) writes, as dvc.yaml lists them."""
     table = {
         "synthesize": ([SYNTHETIC, SYNTHESIZE_REPORT], [], []),
+        "sim_to_real": ([DOMAIN_GAP], [], []),
         "split": ([SPLITS, SPLIT_REPORT], [], []),
         "train_teacher": ([TEACHER, training_time("teacher")], [TEACHER_METRICS],
                           [training_curve("teacher")]),

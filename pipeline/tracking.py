@@ -229,6 +229,8 @@ class StageRun:
         import shutil
         import tempfile
 
+        from mlflow.entities import LoggedModelOutput
+
         model = self._client.create_logged_model(
             self.experiment_id, name=name, source_run_id=self.run_id,
             tags={k: str(v) for k, v in (tags or {}).items()},
@@ -242,6 +244,8 @@ class StageRun:
             (Path(tmp) / "signature.json").write_text(json.dumps(dict(signature), indent=2))
             self._client.log_model_artifacts(model.model_id, tmp)
         self._client.finalize_logged_model(model.model_id, "READY")
+        # The run's output: what the run page lists under "Logged models".
+        self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=0)])
         return model.model_id
 
     def register_model(self, name: str, model_id: str, alias: str,

@@ -117,10 +117,11 @@ def gap_table(rows: Sequence[GapRow]) -> str:
 
 
 def measure_folders(synthetic_dir: Path, real_dir: Path, taxonomy, phase: str, out_dir: Path,
-                    *, per_class: int = 60, image_size: int = 128, seed: int = 0) -> str:
+                    *, per_class: int = 60, image_size: int = 128, seed: int = 0
+                    ) -> list[GapRow]:
     """The gap between a synthesize output folder and a real folder (class folders through
     the importer, or an unlabelled folder), written to out_dir (JSON and figure); returns
-    the markdown table."""
+    the rows (`gap_table` prints them)."""
     from dataclasses import asdict
 
     from pipeline.data.images import read_gray8, to_model_input
@@ -168,7 +169,7 @@ def measure_folders(synthetic_dir: Path, real_dir: Path, taxonomy, phase: str, o
         "synthetic": str(synthetic_dir), "real": str(real_dir), "taxonomy": phase,
         "rows": [asdict(r) for r in rows_out]})
     save_figure(stats_figure(stats), out_dir / "domain_gap_stats.png")
-    return gap_table(rows_out)
+    return rows_out
 
 
 def stats_figure(stats: Mapping[str, Sequence[Mapping[str, float]]]):

@@ -60,6 +60,24 @@ def corrupt(img: np.ndarray, kind: str, level: float, seed: int) -> np.ndarray:
     raise UserError(f"unknown corruption {kind!r}; known: {sorted(CORRUPTIONS)}")
 
 
+def class_balanced(items: Sequence[tuple[str, int]], n: int) -> list[tuple[str, int]]:
+    """Up to n items taking each class in turn, in their given order within a class: a
+    subset that keeps every class (the splits list images class by class)."""
+    by_class: dict[int, list] = {}
+    for item in items:
+        by_class.setdefault(item[1], []).append(item)
+    queues = [iter(v) for _, v in sorted(by_class.items())]
+    picked: list[tuple[str, int]] = []
+    while queues and len(picked) < n:
+        for queue in list(queues):
+            item = next(queue, None)
+            if item is None:
+                queues.remove(queue)
+            elif len(picked) < n:
+                picked.append(item)
+    return picked
+
+
 def robustness_table(predictor, images: Sequence[np.ndarray], labels: Sequence[int],
                      class_names: Sequence[str], *,
                      corruptions: Mapping[str, Sequence[float]] = CORRUPTIONS,

@@ -26,7 +26,7 @@ from pipeline.evaluate.metrics import confusion_records
 from pipeline.evaluate.ood import flag_summary
 from pipeline.evaluate.plots import confusion_figure, figure_png, save_figure
 from pipeline.evaluate.report import write_report
-from pipeline.evaluate.robustness import robustness_figure, robustness_table
+from pipeline.evaluate.robustness import class_balanced, robustness_figure, robustness_table
 from pipeline.evaluate.saliency import (
     MASK_TOLERANCE_PX,
     explain_images,
@@ -114,7 +114,7 @@ def _mapped(inner, classes, taxonomy, phase_cfg) -> MappedPredictor:
 
 
 def _robustness(predictor, test_sets, classes, ev) -> list[dict]:
-    items = test_sets["synthetic_test"][0][: ev["robustness_images"]]
+    items = class_balanced(test_sets["synthetic_test"][0], ev["robustness_images"])
     return robustness_table(predictor, [read_gray8(Path(p)) for p, _ in items],
                             [y for _, y in items], classes, seed=ev["seed"])
 

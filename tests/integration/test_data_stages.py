@@ -127,3 +127,31 @@ def test_dvc_checkout_restores_what_a_failed_stage_removed(smoke_project, tmp_pa
     run(["dvc", "checkout"], project)
     assert {p: (project / p).read_bytes() for p in kept} == kept
     assert "changed" not in run(["dvc", "status"], project).stdout
+
+
+def test_sim_to_real_stage_measures_each_configured_real_folder(smoke_project, tmp_path):
+    """Without real folders the stage records nothing to compare; with one (here a stand-in
+    folder of synthetic images in real class folders) it writes the gap overall and per
+    class, and naming the folder does not make synthesis stale."""
+    import shutil
+
+    assert json.loads((smoke_project / "reports/data/domain_gap/summary.json").read_text()) == {}
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    folder = tmp_path / "real"
+    labels = _rows(project / "data/synthetic/labels.csv")
+    for name, fine in (("BRIDGE", "bridge"), ("OPEN", "open"), ("OTHERS", "other")):
+        (folder / name).mkdir(parents=True)
+        for row in [r for r in labels if r["fine_class"] == fine][:12]:
+            shutil.copy(project / "data/synthetic" / row["path"], folder / name)
+    run([str(BIN / "python"), "-m", "pipeline", "compose", "experiment=smoke",
+         f"data.real.phase3.unlabeled={folder}"], project)
+    status = run(["dvc", "status"], project).stdout
+    assert "synthesize" not in status and "sim_to_real" in status, status
+    run(["dvc", "repro", "sim_to_real"], project, env={"MLFLOW_TRACKING_URI": ""})
+    summary = json.loads((project / "reports/data/domain_gap/summary.json").read_text())
+    assert list(summary) == ["phase3_unlabeled"]
+    overall = summary["phase3_unlabeled"]["overall"]
+    assert overall["n_real"] == 36 and overall["frechet"] > 0
+    assert 0.0 <= overall["domain_accuracy"] <= 1.0
+    assert (project / "reports/data/domain_gap/phase3_unlabeled/domain_gap_stats.png").is_file()

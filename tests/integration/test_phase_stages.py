@@ -277,9 +277,12 @@ def test_mlflow_holds_datasets_models_aliases_and_the_pipeline_summary(smoke_pro
         inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
         assert expected <= set(inputs), name
         assert all(len(d.digest) >= 16 for d in inputs.values())
-    logged = {m.name for m in client.search_logged_models([exp])}
+    logged = {m.name: m for m in client.search_logged_models([exp])}
     assert {"train_teacher", "distill_student", "finetune_real-phase1",
-            "sem-defect-phase1", "sem-defect-phase3"} <= logged
+            "sem-defect-phase1", "sem-defect-phase3"} <= set(logged)
+    for name in ("train_teacher", "sem-defect-phase1"):  # the run page's "Logged models"
+        outputs = client.get_run(logged[name].source_run_id).outputs.model_outputs
+        assert [o.model_id for o in outputs] == [logged[name].model_id], name
     for phase in ("phase1", "phase3"):
         version = client.get_model_version_by_alias(f"sem-defect-{phase}", phase)
         assert version.tags["source_checkpoint_sha256"] == \

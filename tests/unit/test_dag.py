@@ -11,7 +11,8 @@ from pipeline import layout
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASE_STAGES = ("finetune_real", "quantize", "evaluate")
-STAGES = ["synthesize", "split", "train_teacher", "distill_student", *PHASE_STAGES]
+STAGES = ["synthesize", "sim_to_real", "split", "train_teacher", "distill_student",
+          *PHASE_STAGES]
 
 
 def _dvc_stage(name: str) -> dict:

@@ -7,7 +7,13 @@ from pipeline.errors import UserError
 from pipeline.evaluate.folder import MappedPredictor, map_classes, map_probs
 from pipeline.evaluate.metrics import confusion_records
 from pipeline.evaluate.ood import calibrate_threshold, flag_low_confidence, flag_summary
-from pipeline.evaluate.robustness import CORRUPTIONS, corrupt, robustness_figure, robustness_table
+from pipeline.evaluate.robustness import (
+    CORRUPTIONS,
+    class_balanced,
+    corrupt,
+    robustness_figure,
+    robustness_table,
+)
 
 P1 = ["clean", "bridge", "open", "ler", "crack", "cmp", "particle", "via", "other"]
 
@@ -124,3 +130,14 @@ def test_ood_threshold_is_a_validation_quantile():
     assert s["n"] == 20 and s["flag_rate"] >= 0.5 and "accuracy_kept" in s
     with pytest.raises(UserError, match="quantile"):
         calibrate_threshold(val, 1.5)
+
+
+def test_robustness_sample_keeps_every_class():
+    """The test split lists images class by class; the robustness sample takes them in turn."""
+    items = [(f"c{c}_{i}.png", c) for c in range(4) for i in range(30)]
+    picked = class_balanced(items, 10)
+    assert [y for _, y in picked] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert picked[:4] == [("c0_0.png", 0), ("c1_0.png", 1), ("c2_0.png", 2), ("c3_0.png", 3)]
+    uneven = [("a", 0), ("b", 1), ("c", 1), ("d", 1)]
+    assert class_balanced(uneven, 10) == [("a", 0), ("b", 1), ("c", 1), ("d", 1)]
+    assert class_balanced(items, 0) == []
