@@ -365,7 +365,11 @@ def test_tflite_16x8_is_far_closer_to_fp32_and_runs_on_tflm(tflite_models, expor
     assert sqnr(wide) > sqnr(narrow) + 3
     assert (wide.argmax(1) == ref.argmax(1)).mean() >= (narrow.argmax(1) == ref.argmax(1)).mean()
     wide_tflm = tflm_check(tflite_models["int16x8"], images[:3])
-    assert wide_tflm["max_diff_output_steps"] <= 1  # TFLM's int16 kernels may round differently
+    # The float HARD_SWISH between int16 ops may round differently in TFLite (CPU-specific
+    # kernels) and TFLM (portable C): at most 1 int16 output step on an AMD EPYC, 3 on an
+    # Intel Xeon. 16 steps is 1/16 of one int8 step (256 int16 steps), far below what int8
+    # resolves.
+    assert wide_tflm["max_diff_output_steps"] <= 16
     # TFLite has no int16 HARD_SWISH: MobileNetV3 keeps it in float (edge_cnn has none).
     assert set(wide_tflm["float_ops"]) <= {"HARD_SWISH", "QUANTIZE"}
     assert wide_tflm["arena_bytes"] > tflm_check(tflite_models["int8"], images[:1])["arena_bytes"]
