@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.datamodule import SEMDataModule
+from pipeline.data.style import StyleTransfer
 from pipeline.files import sha256_file
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
 from pipeline.models.equalize import equalizable, equalize_activation_ranges
@@ -133,9 +134,10 @@ def start_model(source: ModelSpec | Path, classes: Sequence[str], labels: Sequen
 
 def adapt(model: SEMClassifier, train: Items, val: Items, out_file: Path, opts: FitOptions, *,
           replay: Items = (), extra_val: Mapping[str, Items] | None = None,
-          logger=None) -> FitResult:
+          style: StyleTransfer | None = None, logger=None) -> FitResult:
     """Train `model` on `train` (with `opts.replay_fraction` of each batch from `replay`),
-    early-stopped on val macro-F1; the best weights go to `out_file`."""
+    early-stopped on val macro-F1; the best weights go to `out_file`. `style` restyles the
+    train images (synthetic ones) toward real images."""
     size = model.pp.image_size
     if model.hparams.teacher_ckpt:  # one batch feeds both models; each resizes on-tensor
         size = max(size, checkpoint_preprocess(model.hparams.teacher_ckpt).image_size)
@@ -143,7 +145,7 @@ def adapt(model: SEMClassifier, train: Items, val: Items, out_file: Path, opts: 
         train, {"val": val, **{k: v for k, v in (extra_val or {}).items() if v}},
         size, augment=dict(opts.augment), batch_size=opts.batch_size,
         num_workers=opts.num_workers, seed=opts.seed, sampler="shuffle", replay=list(replay),
-        replay_fraction=opts.replay_fraction)
+        replay_fraction=opts.replay_fraction, style=style)
     return fit(model, datamodule, trainer_cfg=opts.trainer, max_epochs=opts.max_epochs,
                patience=opts.patience, out_file=out_file, logger=logger)
 

@@ -19,7 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.data.importer import load_unlabelled
+from pipeline.data.style import style_from_config
 from pipeline.errors import UserError
 from pipeline.finetune import (
     FitOptions,
@@ -37,6 +40,7 @@ from pipeline.training import FitResult, Items, evaluate_sets, predict_probs, re
 
 RECIPES = ("matching", "finetune")
 STUDENT_STARTS = ("student", "scratch")
+NO_PSEUDO_LABEL = 1.0 + 1e-6  # above any softmax confidence
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class RecipeOptions:
     teacher_kd: Mapping = field(default_factory=lambda: {"enabled": False})
     self_training: Mapping = field(default_factory=lambda: {"enabled": False})
     bn_adapt: Mapping = field(default_factory=lambda: {"enabled": False})
+    style: Mapping = field(default_factory=lambda: {"enabled": False})  # stand-in images only
     equalize_images: int = 0
     weight_grid: bool = True
 
@@ -93,7 +98,8 @@ class RecipeOptions:
             matching=MatchOptions.from_config(m, cfg), synthetic_images=m["synthetic_images"],
             use_unlabeled=m["unlabeled"], replay_size=ft["replay"]["size"],
             teacher_kd=dict(ft["teacher_kd"]), self_training=dict(ft["self_training"]),
-            bn_adapt=dict(ft["bn_adapt"]), equalize_images=ft["int8_equalize_images"],
+            bn_adapt=dict(ft["bn_adapt"]), style=dict(cfg["train"]["style"]),
+            equalize_images=ft["int8_equalize_images"],
             weight_grid=ft["int8_weight_grid"])
 
 
@@ -195,6 +201,9 @@ def _finetune(data, classes, opts, out_dir, logger) -> TrainedPhase:
         facts.update(teacher_val_accuracy=scores["accuracy"],
                      teacher_val_macro_f1=scores["macro_f1"])
     source = _student_source(opts)
+    # The stand-in is synthetic: restyled toward the phase's unlabelled real images.
+    style = None if data.is_real else style_from_config(
+        opts.style, data.unlabeled, opts.student.image_size, opts.fit.seed)
 
     def fine_tune(train: Items) -> tuple[FitResult, dict]:
         model, start = start_model(source, classes, labels, opts.fit,
@@ -203,14 +212,22 @@ def _finetune(data, classes, opts, out_dir, logger) -> TrainedPhase:
         replay = hardest(model, data.synthetic_train, opts.replay_size) \
             if source == opts.student_ckpt else []
         fitted = adapt(model, train, data.val, out_dir / "model.ckpt", opts.fit, replay=replay,
-                       extra_val={"synthetic_val": data.synthetic_val}, logger=logger)
-        return fitted, {**start, "replay_size": len(replay)}
+                       extra_val={"synthetic_val": data.synthetic_val}, style=style,
+                       logger=logger)
+        return fitted, {**start, "replay_size": len(replay),
+                        "style_references": len(style.references) if style else 0}
 
     result, record = fine_tune(data.train)
     if opts.self_training.get("enabled") and data.unlabeled:
-        pseudo = pseudo_labels(result.model, data.unlabeled, opts.self_training["threshold"])
+        # The labeller: the teacher fine-tuned for KD when there is one, else the student.
+        labeller = taught.model if teacher_ckpt else result.model
+        val_probs = predict_probs(labeller, data.val)
+        threshold = confidence_threshold(val_probs, [y for _, y in data.val],
+                                         opts.self_training["precision"])
+        pseudo = pseudo_labels(labeller, data.unlabeled, threshold)
         result, record = fine_tune(data.train + pseudo)
-        record["pseudo_labels"] = len(pseudo)
+        record.update(pseudo_labels=len(pseudo), pseudo_threshold=threshold)
+        facts.update(pseudo_labels=len(pseudo), pseudo_threshold=threshold)
     facts["epochs"] = result.epochs
     return TrainedPhase(result, teachers, {"recipe": "finetune", "transfer": record}, facts)
 
@@ -225,6 +242,17 @@ def _student_source(opts: RecipeOptions) -> ModelSpec | Path:
 def _require(ckpt: Path | None, stage: str) -> None:
     if ckpt is None or not Path(ckpt).is_file():
         raise UserError(f"{ckpt} is missing; run the {stage} stage first (dvc repro)")
+
+
+def confidence_threshold(probs: np.ndarray, labels: Sequence[int], precision: float) -> float:
+    """The lowest confidence t such that the validation images predicted with confidence
+    >= t are right at rate >= `precision` (the most pseudo-labels at that precision); above
+    1 (no pseudo-label) when no t reaches it. No label of the unlabelled images is needed."""
+    confidence, right = probs.max(1), probs.argmax(1) == np.asarray(labels)
+    order = np.argsort(-confidence, kind="stable")
+    precision_at = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
+    reached = np.flatnonzero(precision_at >= precision)
+    return float(confidence[order][reached[-1]]) if reached.size else NO_PSEUDO_LABEL
 
 
 def pseudo_labels(model, folder_or_paths: str | Sequence[str], threshold: float) -> Items:

@@ -257,6 +257,14 @@ class Augment(Section):
     p_downscale: Probability
 
 
+class Style(Section):
+    enabled: Bool
+    method: _choice("histogram", "fda")
+    p: Probability
+    fda_beta: _num(ge=0, le=0.5)
+    references: Positive
+
+
 class Train(Section):
     seed: Seed
     phase: Name  # a taxonomy phase (checked in Config)
@@ -270,6 +278,7 @@ class Train(Section):
     sampler: _choice("shuffle", "balanced")
     loss: Loss
     augment: Augment
+    style: Style
 
 
 class Distill(Section):
@@ -323,7 +332,7 @@ class TeacherKD(Section):
 
 class SelfTraining(Section):
     enabled: Bool
-    threshold: Probability
+    precision: Probability
 
 
 class BatchNormAdapt(Section):

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.data.images import read_gray8, to_model_input
+from pipeline.data.style import StyleTransfer
 from pipeline.data.transforms import build_augment
 from pipeline.errors import UserError
 
@@ -39,7 +40,9 @@ class ImageDataset(Dataset):
     With `targets` (one row per item), each sample also carries its row: the teacher's logits
     cached once per image, so distillation does not run the teacher on every batch.
     `preload` decodes every image once, up front (at the model size: 16 KB each at 128 px),
-    for datasets read many times over; forked loader workers share the arrays."""
+    for datasets read many times over; forked loader workers share the arrays. `style`
+    restyles each image toward real ones before the augmentation, from its own per-sample
+    generator, so turning it on leaves every other random draw as it was."""
 
     def __init__(
         self,
@@ -49,6 +52,7 @@ class ImageDataset(Dataset):
         seed: int = 0,
         targets: np.ndarray | None = None,
         preload: bool = False,
+        style: StyleTransfer | None = None,
     ) -> None:
         if targets is not None and len(targets) != len(items):
             raise ValueError(f"{len(targets)} target rows for {len(items)} items")
@@ -56,6 +60,7 @@ class ImageDataset(Dataset):
         self.image_size = image_size
         self.augment = augment
         self.seed = seed
+        self.style = style
         self.targets = None if targets is None else torch.from_numpy(
             np.asarray(targets, dtype=np.float32))
         self._images = [self._read(i) for i in range(len(items))] if preload else None
@@ -70,6 +75,8 @@ class ImageDataset(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         label = self.items[index][1]
         img = self._images[index] if self._images is not None else self._read(index)
+        if self.style is not None:
+            img = self.style(img, np.random.default_rng([self.seed, epoch, index, 7]))
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, index])
             self.augment.set_random_state(rng, random.Random(int(rng.integers(2**63))))
@@ -190,6 +197,7 @@ class SEMDataModule(L.LightningDataModule):
         replay: list[tuple[str, int]] | None = None,
         replay_fraction: float = 0.0,
         teacher_logits: np.ndarray | None = None,
+        style: StyleTransfer | None = None,
     ) -> None:
         super().__init__()
         if not train:
@@ -211,6 +219,7 @@ class SEMDataModule(L.LightningDataModule):
         self.replay_items = list(replay or [])
         self.replay_fraction = replay_fraction
         self.teacher_logits = teacher_logits
+        self.style = style
         if teacher_logits is not None and self.replay_items:
             raise UserError("cached teacher logits cover the train items only, not a replay pool")
 
@@ -220,12 +229,12 @@ class SEMDataModule(L.LightningDataModule):
             ds = ImageDataset(self.train_items + self.replay_items, self.image_size, augment,
                               self.seed, preload=_fits_memory(len(self.train_items)
                                                               + len(self.replay_items),
-                                                              self.image_size))
+                                                              self.image_size), style=self.style)
             batches = MixedBatchSampler(len(self.train_items), len(self.replay_items),
                                         self.batch_size, self.replay_fraction, self.seed)
             return DataLoader(ds, batch_sampler=batches, num_workers=self.num_workers)
         ds = ImageDataset(self.train_items, self.image_size, augment, self.seed,
-                          targets=self.teacher_logits,
+                          targets=self.teacher_logits, style=self.style,
                           preload=_fits_memory(len(self.train_items), self.image_size))
         sampler = EpochSampler(
             [y for _, y in self.train_items], self.seed, self.sampler == "balanced"

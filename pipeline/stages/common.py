@@ -11,7 +11,9 @@ import torch
 
 from pipeline import layout
 from pipeline.data.datamodule import SEMDataModule
+from pipeline.data.importer import load_unlabelled
 from pipeline.data.split import phase_items
+from pipeline.data.style import StyleTransfer, style_from_config
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import headline, scalar_metrics
 from pipeline.evaluate.plots import confusion_figure, save_figure
@@ -130,6 +132,20 @@ def report_model(
     return flat
 
 
+def unlabeled_images(cfg: dict, phase: str) -> list[str]:
+    """The phase's unlabelled real image paths (data.real.<phase>.unlabeled), or none."""
+    folder = cfg["data"]["real"][phase]["unlabeled"]
+    return load_unlabelled(Path(folder).expanduser())[0] if folder else []
+
+
+def synthetic_style(cfg: dict, phase: str, image_size: int, seed: int) -> StyleTransfer | None:
+    """train.style toward the phase's unlabelled real images, or None (off, or no folder)."""
+    if not cfg["train"]["style"]["enabled"]:
+        return None
+    return style_from_config(cfg["train"]["style"], unlabeled_images(cfg, phase), image_size,
+                             seed)
+
+
 def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: dict,
                 out_dir: Path, metrics_dir: Path, teacher_ckpt: Path | None,
                 kd: dict | None) -> None:
@@ -165,11 +181,14 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
         if teacher_ckpt and cached is None:
             # One batch feeds both models: serve the larger size, each resizes on-tensor.
             size = max(size, checkpoint_preprocess(teacher_ckpt).image_size)
+        style = synthetic_style(cfg, phase, size, opt_cfg["seed"])
+        if style is not None:
+            tracker.log_params({"style_references": len(style.references)})
         datamodule = SEMDataModule(
             splits["train"], {"val": splits["val"], "heldout": splits["heldout"]}, size,
             augment=train["augment"], batch_size=opt_cfg["batch_size"],
             num_workers=train["num_workers"], seed=opt_cfg["seed"], sampler=train["sampler"],
-            teacher_logits=cached,
+            teacher_logits=cached, style=style,
         )
         result = fit(model, datamodule, trainer_cfg=cfg["trainer"],
                      max_epochs=opt_cfg["max_epochs"], patience=opt_cfg["early_stopping_patience"],

@@ -25,6 +25,7 @@ from pipeline.stages.common import (
     model_facts,
     report_model,
     seed_everything,
+    unlabeled_images,
     write_training_metrics,
 )
 from pipeline.taxonomy import Taxonomy
@@ -113,8 +114,7 @@ def _phase_data(cfg, root, phase, taxonomy, splits) -> tuple[PhaseData, dict]:
     tax_phase = cfg["phases"][phase]["taxonomy"]
     classes = taxonomy.phase(tax_phase).classes
     synthetic = {k: phase_items(splits[k], root, taxonomy, tax_phase) for k in ("train", "val")}
-    unlabeled = load_unlabelled(Path(real["unlabeled"]).expanduser())[0] \
-        if real["unlabeled"] else []
+    unlabeled = unlabeled_images(cfg, phase)
     if real["train"]:
         train, val, report = labelled_split(
             real["train"], classes, taxonomy, min_size=cfg["data"]["real"]["min_size"],

@@ -131,14 +131,17 @@ def test_dvc_metrics_show_fits_a_terminal_with_numbers_only(smoke_project):
         assert all(isinstance(v, int | float) for v in row.values()), row
 
 
-def test_predict_command_agrees_across_formats(smoke_project, tmp_path):
+def test_predict_command_agrees_across_formats(smoke_project, tmp_path, monkeypatch):
+    from pipeline.__main__ import main  # in-process: the command, without 4 interpreter starts
+
+    monkeypatch.chdir(smoke_project)
     images = smoke_project / "data/synthetic/images/bridge"
     results = {}
     for model in ("models/phase1/model.ckpt", "artifacts/phase1/model.onnx",
                   "artifacts/phase1/model_int8.tflite", "artifacts/phase1/model_int16x8.tflite"):
         out = tmp_path / (model.replace("/", "_") + ".csv")
-        run([str(BIN / "python"), "-m", "pipeline", "predict", model, str(images), "--out",
-             str(out), "--format", "submission"], smoke_project)
+        assert main(["predict", model, str(images), "--out", str(out), "--format",
+                     "submission"]) == 0
         with open(out, newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert list(rows[0]) == ["image_name", "predicted_class"]
@@ -294,3 +297,34 @@ def test_mlflow_holds_datasets_models_aliases_and_the_pipeline_summary(smoke_pro
         assert 0.0 <= summary[f"{phase}/standin_test/accuracy"] <= 1.0
     assert summary["phase1/flash_bytes"] == \
         (smoke_project / "artifacts/phase1/model_int8.tflite").stat().st_size
+
+
+def test_phase1_adapts_with_unlabelled_real_images(smoke_project, tmp_path):
+    """data.real.phase1.unlabeled feeds every adaptation at once: the stand-in restyled
+    toward it (train.style), pseudo-labels above a threshold chosen on val, and batch-norm
+    statistics re-estimated on it."""
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for png in sorted((smoke_project / "data/synthetic/images/other").glob("*.png"))[:6]:
+        shutil.copy(png, unlabelled / png.name)
+    common = [f"data.real.phase1.unlabeled={unlabelled}", "tracking.enabled=false"]
+    run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase1", *common,
+         "train.style.enabled=true", "train.style.method=fda",
+         "finetune.self_training.enabled=true", "finetune.self_training.precision=0.0",
+         "finetune.bn_adapt.enabled=true"], project)
+    folder = project / "models/phase1"
+    transfer = json.loads((folder / "real_data.json").read_text())["transfer"]
+    facts = json.loads((folder / "metrics.json").read_text())["facts"]
+    assert transfer["style_references"] == 6
+    # precision 0: the threshold is the least confident val prediction, a real confidence.
+    assert 0.0 < transfer["pseudo_threshold"] <= 1.0
+    assert transfer["pseudo_labels"] == facts["pseudo_labels"] <= 6
+    assert facts["bn_adapt_images"] == 6
+    # Without the folder nothing of it happens, whatever the switches say.
+    run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase1",
+         "tracking.enabled=false", "train.style.enabled=true",
+         "finetune.self_training.enabled=true"], project)
+    transfer = json.loads((folder / "real_data.json").read_text())["transfer"]
+    assert transfer["style_references"] == 0 and "pseudo_labels" not in transfer

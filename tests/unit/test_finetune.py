@@ -145,3 +145,16 @@ def test_batchnorm_reestimation_changes_only_batchnorm_buffers(tmp_path):
     hook.remove()
     assert torch.allclose(first.running_mean, torch.stack(seen).mean(0), atol=1e-5)
     assert reestimate_batchnorm(model, [], batch_size=4) == 0
+
+
+def test_pseudo_label_threshold_is_the_loosest_one_that_keeps_val_precision():
+    from pipeline.recipes import NO_PSEUDO_LABEL, confidence_threshold
+
+    # Confidences 0.95 .. 0.50 (one per row); the labeller is wrong on rows 2 and 5.
+    conf = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5])
+    probs = np.stack([conf, 1 - conf], axis=1)
+    labels = [0, 0, 1, 0, 0, 1, 0]
+    assert confidence_threshold(probs, labels, 1.0) == 0.9  # before the first mistake
+    assert confidence_threshold(probs, labels, 0.8) == 0.7  # 4 of the top 5 right
+    assert confidence_threshold(probs, labels, 0.0) == 0.5  # everything
+    assert confidence_threshold(probs, [1] * 7, 0.5) == NO_PSEUDO_LABEL > 1.0
