@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 
 import cv2
@@ -94,10 +95,9 @@ def test_stage_logs_to_mlflow_server(tmp_path, mlflow_server):
     assert not (project / "mlflow.db").exists(), "the server, not the embedded store, was used"
 
 
-def test_unreachable_server_fails_fast_and_keeps_outputs(tmp_path):
-    project = make_project(tmp_path / "p", ["experiment=smoke"])
-    run([str(BIN / "python"), "-m", "pipeline", "synthesize"], project,
-        env={"MLFLOW_TRACKING_URI": ""})
+def test_unreachable_server_fails_fast_and_keeps_outputs(smoke_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(smoke_project, project, symlinks=True)
     labels = project / "data/synthetic/labels.csv"
     before = labels.read_bytes()
     start = time.time()
@@ -113,8 +113,6 @@ def test_unreachable_server_fails_fast_and_keeps_outputs(tmp_path):
 def test_dvc_checkout_restores_what_a_failed_stage_removed(smoke_project, tmp_path):
     """DVC removes a stage's outputs before running it; when the stage then fails, the one
     command the README gives brings back the last outputs, metrics file included."""
-    import shutil
-
     project = tmp_path / "project"
     shutil.copytree(smoke_project, project, symlinks=True)
     kept = {p: (project / p).read_bytes() for p in ("data/splits/train.csv",
@@ -133,8 +131,6 @@ def test_sim_to_real_stage_measures_each_configured_real_folder(smoke_project, t
     """Without real folders the stage records nothing to compare; with one (here a stand-in
     folder of synthetic images in real class folders) it writes the gap overall and per
     class, and naming the folder does not make synthesis stale."""
-    import shutil
-
     assert json.loads((smoke_project / "reports/data/domain_gap/summary.json").read_text()) == {}
     project = tmp_path / "project"
     shutil.copytree(smoke_project, project, symlinks=True)

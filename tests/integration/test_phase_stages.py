@@ -182,8 +182,6 @@ def test_quantize_rebuilds_the_same_bytes(smoke_project, tmp_path):
 
 def test_evaluate_folder_command(smoke_project, tmp_path):
     """Folder names through the alias table, a corrupt file reported but not fatal."""
-    import shutil
-
     folder = tmp_path / "labelled"
     for src, name in (("bridge", "Bridges"), ("via_defect", "vias"), ("other", "OTHERS")):
         (folder / name).mkdir(parents=True)
