@@ -108,6 +108,8 @@ def _domain_gap(args: list[str]) -> int:
     import argparse
 
     from pipeline.config import find_root, load_params
+    from pipeline.data.importer import load_unlabelled
+    from pipeline.data.style import METHODS, style_from_config
     from pipeline.evaluate.domain_gap import gap_table, measure_folders
     from pipeline.taxonomy import Taxonomy
 
@@ -119,10 +121,23 @@ def _domain_gap(args: list[str]) -> int:
                         help="folder for domain_gap.json and the statistics figure")
     parser.add_argument("--per-class", type=int, default=60,
                         help="synthetic images drawn per fine class (default 60)")
+    parser.add_argument("--style", choices=METHODS,
+                        help="restyle every synthetic image first (train.style), toward "
+                             "--style-from")
+    parser.add_argument("--style-from", metavar="DIR",
+                        help="unlabelled real images the style comes from (keep them apart "
+                             "from REAL_DIR, or the meter sees its own references)")
+    parser.add_argument("--fda-beta", type=float, default=0.05, help="train.style.fda_beta")
     opts = parser.parse_args(args)
+    if bool(opts.style) != bool(opts.style_from):
+        parser.error("--style and --style-from go together")
+    style = style_from_config(
+        {"enabled": True, "method": opts.style, "p": 1.0, "fda_beta": opts.fda_beta,
+         "references": 256}, load_unlabelled(Path(opts.style_from))[0], 128, 0
+    ) if opts.style else None
     taxonomy = Taxonomy.from_config(load_params(find_root())["taxonomy"])
     rows = measure_folders(Path(opts.synthetic), Path(opts.real), taxonomy, opts.taxonomy,
-                           Path(opts.out), per_class=opts.per_class)
+                           Path(opts.out), per_class=opts.per_class, style=style)
     print(gap_table(rows))
     print(f"-> {opts.out}/domain_gap.json")
     return 0

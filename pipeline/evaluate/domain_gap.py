@@ -117,11 +117,12 @@ def gap_table(rows: Sequence[GapRow]) -> str:
 
 
 def measure_folders(synthetic_dir: Path, real_dir: Path, taxonomy, phase: str, out_dir: Path,
-                    *, per_class: int = 60, image_size: int = 128, seed: int = 0
-                    ) -> list[GapRow]:
+                    *, per_class: int = 60, image_size: int = 128, seed: int = 0,
+                    style=None) -> list[GapRow]:
     """The gap between a synthesize output folder and a real folder (class folders through
     the importer, or an unlabelled folder), written to out_dir (JSON and figure); returns
-    the rows (`gap_table` prints them)."""
+    the rows (`gap_table` prints them). `style` (a pipeline.data.style.StyleTransfer)
+    restyles the synthetic images first, as training would see them."""
     from dataclasses import asdict
 
     from pipeline.data.images import read_gray8, to_model_input
@@ -158,6 +159,9 @@ def measure_folders(synthetic_dir: Path, real_dir: Path, taxonomy, phase: str, o
         raise UserError(f"{real_dir}: no readable images")
     images = {side: [to_model_input(read_gray8(Path(p)), image_size) for p in paths]
               for side, paths in (("synthetic", syn_paths), ("real", real_paths))}
+    if style is not None:
+        images["synthetic"] = [style(img, np.random.default_rng([seed, i, 7]))
+                               for i, img in enumerate(images["synthetic"])]
     features = {side: image_features(np.stack(imgs)[:, None].astype(np.float32) / 255.0)
                 for side, imgs in images.items()}
     stats = {side: [image_stats(img) for img in imgs] for side, imgs in images.items()}
@@ -167,6 +171,9 @@ def measure_folders(synthetic_dir: Path, real_dir: Path, taxonomy, phase: str, o
     out_dir = Path(out_dir)
     write_json(out_dir / "domain_gap.json", {
         "synthetic": str(synthetic_dir), "real": str(real_dir), "taxonomy": phase,
+        "style": None if style is None else {"method": style.method, "p": style.p,
+                                             "fda_beta": style.fda_beta,
+                                             "references": len(style.references)},
         "rows": [asdict(r) for r in rows_out]})
     save_figure(stats_figure(stats), out_dir / "domain_gap_stats.png")
     return rows_out

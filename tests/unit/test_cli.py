@@ -110,3 +110,9 @@ def test_import_folder_says_it_counted_nested_subfolders(capsys, tmp_path):
     assert "Imported 3 images" in out
     assert "Counted 2 images in nested subfolders, each as its class folder's class: " \
            "via (2)" in out
+
+
+def test_domain_gap_style_needs_its_reference_folder(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["domain-gap", str(tmp_path), str(tmp_path), "--style", "fda"])
+    assert "--style and --style-from go together" in capsys.readouterr().err
