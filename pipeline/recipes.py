@@ -201,7 +201,9 @@ def _finetune(data, classes, opts, out_dir, logger) -> TrainedPhase:
         facts.update(teacher_val_accuracy=scores["accuracy"],
                      teacher_val_macro_f1=scores["macro_f1"])
     source = _student_source(opts)
-    # The stand-in is synthetic: restyled toward the phase's unlabelled real images.
+    # The stand-in is synthetic: restyled toward the phase's unlabelled real images (any
+    # pseudo-labelled real images of the second fine-tune with it: real to real, a mild
+    # tone change).
     style = None if data.is_real else style_from_config(
         opts.style, data.unlabeled, opts.student.image_size, opts.fit.seed)
 
