@@ -64,6 +64,12 @@ RECIPES: dict[str, tuple[list[str], bool]] = {
     "matching": ([], True),
     "matching_ensemble": (["finetune.teachers=[synthetic,efficientnet_lite1,efficientnet_lite2]"],
                           True),
+    # The synthetic stages' worth to the student: the same teacher and transfer set, the
+    # student started from scratch instead of from the synthetic-distilled one.
+    "matching_scratch": (["finetune.init=scratch"], True),
+    # The student sweep (issue 20): other students, from scratch (none has a synthetic
+    # checkpoint), the same teacher and transfer set.
+    "matching_mcu_irnet": (["finetune.init=scratch", "model.student.name=mcu_irnet"], True),
     "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", "finetune.init=scratch",
                           "finetune.matching.synthetic_images=0"], True),
 }

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.models import mcu_net  # noqa: F401  (registers the MCU students with timm)
 from pipeline.models.export_safe import make_export_safe
 from pipeline.models.plain_cnn import PlainCNN
 

@@ -129,11 +129,20 @@ def via_top_defect(lay: ViaLayout, rng: np.random.Generator) -> dict:
 
 def via_cross_defect(lay: ColumnLayout, rng: np.random.Generator) -> dict:
     s = lay.size
+    def height(c: dict) -> float:
+        return min(c["y1"], s) - max(c["y0"], 0)
+
     ok = [i for i, c in enumerate(lay.cols) if 0.1 * s < c["x"] < 0.9 * s
-          and min(c["y1"], s) - max(c["y0"], 0) > 0.15 * s]
-    variant = str(rng.choice(["void", "missing", "partial", "misplaced", "merged", "malformed"]))
+          and height(c) > 0.15 * s]
+    # Interconnect vias are short: any visible one, else the tallest.
+    ok = ok or [i for i, c in enumerate(lay.cols) if 0.1 * s < c["x"] < 0.9 * s
+                and height(c) > 0.04 * s] or [max(range(len(lay.cols)),
+                                                  key=lambda k: height(lay.cols[k]))]
     i = int(rng.choice(ok))
     c = lay.cols[i]
+    partners = [k for k in range(len(lay.cols)) if k != i and lay.cols[k]["y0"] == c["y0"]]
+    variant = str(rng.choice(["void", "missing", "partial", "misplaced", "malformed"]
+                             + (["merged"] if partners else [])))
     y0, y1 = max(c["y0"], 0.0), min(c["y1"], float(s))
     if variant == "void":
         w = min(c["w0"], c["w1"])
@@ -146,8 +155,7 @@ def via_cross_defect(lay: ColumnLayout, rng: np.random.Generator) -> dict:
     elif variant == "misplaced":
         c["shift"] = c["w0"] * rng.uniform(0.4, 0.8) * rng.choice([-1, 1])
     elif variant == "merged":
-        j = min((k for k in range(len(lay.cols)) if k != i and lay.cols[k]["y0"] == c["y0"]),
-                key=lambda k: abs(lay.cols[k]["x"] - c["x"]))
+        j = min(partners, key=lambda k: abs(lay.cols[k]["x"] - c["x"]))
         yb = rng.uniform(y0 + 0.2 * (y1 - y0), y1 - 0.2 * (y1 - y0))
         hb = (y1 - y0) * rng.uniform(0.08, 0.3)
         lay.caps.append((min(c["x"], lay.cols[j]["x"]), max(c["x"], lay.cols[j]["x"]), yb,
@@ -173,6 +181,9 @@ def particle(sc: Scene, rng: np.random.Generator) -> dict:
     elong = rng.uniform(1.0, 2.5)
     # Real review images frame the particle: at least ~5 output px across, at most a quarter field.
     r0 = float(np.clip(rng.uniform(5, 150) / sc.nm_per_px, 0.04 * s, 0.22 * s))
+    large = bool(rng.random() < 0.2)  # real review images often show one large, bright one
+    if large:
+        n, r0 = 1, float(rng.uniform(0.12, 0.25) * s)
     h0 = rng.uniform(1.5, 3.0)
     z = np.zeros_like(sc.height)
     for _ in range(n):
@@ -189,10 +200,12 @@ def particle(sc: Scene, rng: np.random.Generator) -> dict:
     inside = z > 0.02
     tex = 1 + 0.15 * smooth_field(rng, s, 40)
     sc.height = np.maximum(sc.height, z + sc.height * inside)
-    sc.yld = np.where(inside, rng.uniform(0.4, 1.1) * tex, sc.yld).astype(np.float32)
+    bright = rng.uniform(0.8, 1.4) if large else rng.uniform(0.5, 1.2)
+    sc.yld = np.where(inside, bright * tex, sc.yld).astype(np.float32)
     insul = float(rng.random() < 0.5)
     sc.insul = np.where(inside, insul, sc.insul).astype(np.float32)
-    return {"defect": "particle", "blobs": n, "radius_px": r0, "insulating": insul}
+    return {"defect": "particle", "blobs": n, "radius_px": r0, "insulating": insul,
+            "large": large}
 
 
 def _walk(rng: np.random.Generator, s: int, start: np.ndarray, heading: float, length: float,

@@ -405,6 +405,7 @@ class ColumnLayout:
     voids: list     # (x, y, rx, ry) dark voids
     nm_per_px: float
     params: dict
+    family: str = "via_column"
 
     def copy(self) -> ColumnLayout:
         return copy.deepcopy(self)
@@ -436,7 +437,7 @@ class ColumnLayout:
         yld = self.bg_yld * (1 - m) * (1 - 0.8 * d) + self.y_metal * m
         height = 0.12 * m - 1.0 * d
         return Scene(height.astype(np.float32), yld.astype(np.float32), 1.0 - m, self.nm_per_px,
-                     "cross", "via_column", dict(self.params))
+                     "cross", self.family, dict(self.params))
 
 
 def column_layout(rng: np.random.Generator, s: int) -> ColumnLayout:
@@ -470,6 +471,49 @@ def column_layout(rng: np.random.Generator, s: int) -> ColumnLayout:
                         {"tiers": tiers, "pitch_px": pitch})
 
 
+def interconnect_layout(rng: np.random.Generator, s: int) -> ColumnLayout:
+    """Cross-section of a multi-level interconnect: 2-4 metal levels of line cuts (bright
+    rectangles, wider and further apart going up) in dielectric, joined by vias that land on
+    the lines below, each level's vias a tier of columns (so via defects apply as to columns).
+    """
+    nmpp = loguniform(rng, 3.0, 60.0)
+    levels = int(rng.integers(2, 5))
+    tops = rng.uniform(-0.05, 0.2) * s + np.cumsum(rng.uniform(0.15, 0.32, levels)) * s
+    bg = np.full((s, s), rng.uniform(0.08, 0.35), np.float32)
+    bands = (np.arange(s)[:, None] >= tops[None, :]).sum(1)  # dielectric layer under each level
+    for k in range(levels + 1):
+        bg[bands == k] *= rng.uniform(0.8, 1.25)
+    bg *= 1 + _mottle(rng, s, 0.04)
+    pitch0 = loguniform(rng, 10, 30) * s / 128
+    caps, cols = [], []
+    lines_at: list[np.ndarray] = []
+    for k in range(levels):  # k = 0 is the top level (the widest)
+        grow = 1.0 + 0.5 * (levels - 1 - k) * rng.uniform(0.3, 1.0)
+        pitch = pitch0 * grow
+        w = rng.uniform(0.35, 0.6) * pitch
+        h = rng.uniform(0.05, 0.12) * s * grow ** 0.5
+        xs = np.arange(rng.uniform(0, pitch), s + pitch, pitch)
+        lines_at.append(xs)
+        for x in xs:
+            caps.append((x - w / 2, x + w / 2, tops[k], tops[k] + h))
+        if k > 0:  # vias from this level's lines up to the level above
+            above = lines_at[k - 1]
+            y0 = tops[k - 1] + h * 0.5
+            for x in xs:
+                j = int(np.argmin(np.abs(above - x)))
+                if abs(above[j] - x) < pitch * 0.4 and rng.random() < 0.7:
+                    vw = rng.uniform(0.25, 0.45) * w
+                    cols.append({"x": float(x), "y0": float(y0), "y1": float(tops[k] + 1),
+                                 "w0": float(vw * rng.uniform(1.0, 1.4)), "w1": float(vw),
+                                 "value": 1.0})
+    if not cols:  # every level joined at least once, so a via defect has a target
+        x = float(lines_at[-1][len(lines_at[-1]) // 2])
+        cols.append({"x": x, "y0": float(tops[-2]), "y1": float(tops[-1] + 1),
+                     "w0": pitch0 * 0.2, "w1": pitch0 * 0.2, "value": 1.0})
+    return ColumnLayout(s, bg.astype(np.float32), cols, rng.uniform(0.6, 1.0), caps, [], nmpp,
+                        {"levels": levels, "pitch_px": pitch0}, family="interconnect")
+
+
 FAMILY_BUILDERS = {
     "lines": lines_layout,
     "via_array": via_layout,
@@ -479,6 +523,7 @@ FAMILY_BUILDERS = {
     "stack": stack_layout,
     "bump": bump_layout,
     "via_column": column_layout,
+    "interconnect": interconnect_layout,
 }
 VIEW = {"lines": "top", "via_array": "top", "manhattan": "top", "film": "top", "pads": "top",
-        "stack": "cross", "bump": "cross", "via_column": "cross"}
+        "stack": "cross", "bump": "cross", "via_column": "cross", "interconnect": "cross"}

@@ -41,6 +41,12 @@ class ToolProfile:
     jpeg_quality: Range = (35.0, 90.0)
     resample_p: float = 0.0
     resample: Range = (0.4, 0.8)
+    # Nuisance content after acquisition (pipeline.synth.overlays), the same for every class.
+    info_bar_p: float = 0.12          # the tool's acquisition band with a scale bar
+    scale_bar_p: float = 0.12         # a scale bar drawn into the field
+    label_p: float = 0.08             # a panel label from a paper figure
+    watermark_p: float = 0.0          # the corner text of generated / stock images
+    smooth_p: float = 0.0             # the edge-preserving smoothness of generated images
 
 
 PROFILES: dict[str, ToolProfile] = {
@@ -65,6 +71,21 @@ PROFILES: dict[str, ToolProfile] = {
                                          tail=(0.05, 0.15), jpeg_p=0.3, resample_p=0.2),
     "legacy_jpeg_resized": ToolProfile(jpeg_p=1.0, jpeg_quality=(20.0, 60.0), resample_p=0.8,
                                        resample=(0.3, 0.6), blur_floor_px=(0.5, 1.0)),
+    # Clean crops from papers and vendor pages: sharper, cleaner and more contrasted than a
+    # review tool, often with labels and scale bars.
+    "crisp_publication": ToolProfile(edge_gain=(0.6, 1.4), edge_lambda_nm=(1.0, 4.0),
+                                     blur_nm=(0.5, 1.2), blur_floor_px=(0.2, 0.45),
+                                     frames=(16, 32), dose=(800, 3000), gamma=(0.6, 1.6),
+                                     charging_p=0.02, vibration_px=(0.0, 0.1),
+                                     drift_px=(0.0, 0.2), shifted_lines_p=0.0, jpeg_p=0.3,
+                                     jpeg_quality=(60.0, 95.0), resample_p=0.3,
+                                     resample=(0.5, 0.9), info_bar_p=0.1, scale_bar_p=0.35,
+                                     label_p=0.3),
+    # Generated look-alikes: smooth, noiseless, often with a corner watermark.
+    "generated_smooth": ToolProfile(blur_nm=(0.8, 2.5), frames=(16, 32), dose=(1000, 3000),
+                                    gamma=(0.7, 1.4), smooth_p=0.9, watermark_p=0.6,
+                                    info_bar_p=0.05, scale_bar_p=0.05, label_p=0.0,
+                                    jpeg_p=0.4, jpeg_quality=(70.0, 95.0)),
     "bse_material": ToolProfile(detector="bse", edge_gain=(0.0, 0.2), slope_gain=(0.0, 0.3),
                                 bloom=(0.0, 0.05), foot=(0.0, 0.05), frames=(2, 4),
                                 dose=(100, 400), invert_p=0.1),

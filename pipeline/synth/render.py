@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.synth import defects as D
 from pipeline.synth.imaging import image_scene
+from pipeline.synth.overlays import apply_overlays
 from pipeline.synth.patterns import FAMILY_BUILDERS, VIEW
 from pipeline.synth.profiles import PROFILES
 from pipeline.synth.rng import make_rng, seed_int
@@ -22,20 +23,22 @@ FINE_CLASSES: tuple[str, ...] = ("clean_layer", "clean_via", "clean_stack", "bri
 # Vias lean to cross-sections: the real via images (clean and defective) are mostly FIB cuts.
 CLASS_FAMILIES: dict[str, dict[str, float]] = {
     "clean_layer": {"lines": 0.45, "manhattan": 0.2, "film": 0.25, "pads": 0.1},
-    "clean_via": {"via_array": 0.3, "via_column": 0.7},
+    "clean_via": {"via_array": 0.3, "via_column": 0.45, "interconnect": 0.25},
     "clean_stack": {"stack": 0.55, "bump": 0.45},
     "bridge": {"lines": 1.0},
     "open": {"lines": 1.0},
     "ler": {"lines": 1.0},
-    "crack": {"stack": 0.35, "bump": 0.3, "film": 0.2, "lines": 0.15},
+    # Real cracks are mostly in bump/solder and die cross-sections, few in top-down lines.
+    "crack": {"stack": 0.4, "bump": 0.35, "interconnect": 0.1, "film": 0.1, "lines": 0.05},
     "cmp_scratch": {"film": 0.35, "lines": 0.35, "pads": 0.15, "manhattan": 0.15},
     "particle": {"lines": 0.5, "via_array": 0.15, "film": 0.2, "manhattan": 0.15},
-    "via_defect": {"via_array": 0.3, "via_column": 0.7},
+    "via_defect": {"via_array": 0.3, "via_column": 0.45, "interconnect": 0.25},
     "residue": {"lines": 0.35, "film": 0.25, "via_array": 0.2, "manhattan": 0.2},
     "other": {"lines": 0.35, "film": 0.25, "via_array": 0.15, "stack": 0.15, "manhattan": 0.1},
 }
 CLEAN_FOR_FAMILY = {"lines": "clean_layer", "manhattan": "clean_layer", "film": "clean_layer",
                     "pads": "clean_layer", "via_array": "clean_via", "via_column": "clean_via",
+                    "interconnect": "clean_via",
                     "stack": "clean_stack", "bump": "clean_stack"}
 
 
@@ -70,6 +73,7 @@ def _apply_defect(fine_class: str, lay: object, family: str, rng: np.random.Gene
         ("bridge", "lines"): D.line_bridge, ("open", "lines"): D.line_open,
         ("ler", "lines"): D.line_ler, ("via_defect", "via_array"): D.via_top_defect,
         ("via_defect", "via_column"): D.via_cross_defect,
+        ("via_defect", "interconnect"): D.via_cross_defect,
     }
     scene_fns = {"crack": D.crack, "cmp_scratch": D.scratch, "particle": D.particle,
                  "residue": D.residue, "other": D.other_scene}
@@ -113,11 +117,14 @@ def render_scene_sample(fine_class: str, profile: str, scene_seed: int, imaging_
             raise RuntimeError(f"{fine_class} defect left no mask for scene {scene_seed}")
     img, iinfo = image_scene(scene, PROFILES[profile], make_rng(imaging_seed, "imaging", profile),
                              supersample, image_size)
+    img, mask, oinfo = apply_overlays(img, mask, PROFILES[profile],
+                                      make_rng(imaging_seed, "overlay", profile))
     params = {"fine_class": fine_class, "profile": profile, "scene_seed": scene_seed,
               "imaging_seed": imaging_seed, "family": family, "view": VIEW[family],
               "image_size": image_size, "supersample": supersample,
               "nm_per_px": scene.nm_per_px / supersample, **clean.params, **dinfo,
-              **{f"img_{k}": v for k, v in iinfo.items()}}
+              **{f"img_{k}": v for k, v in iinfo.items()},
+              **{f"overlay_{k}": v for k, v in oinfo.items()}}
     return Sample(img, mask, _jsonable(params))
 
 

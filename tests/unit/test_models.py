@@ -24,6 +24,7 @@ SHIPPED = [
     "mobilenetv2_075",
     "plain_cnn",
     "edge_cnn",
+    "mcu_irnet",
 ]
 
 
@@ -35,6 +36,17 @@ def test_shipped_backbones_take_one_channel(name):
         out = model(torch.rand(2, 1, 64, 64))
     assert out.shape == (2, 5)
     assert not any(isinstance(m, nn.Hardsigmoid) for m in model.modules())
+
+
+def test_mcu_irnet_keeps_the_mcu_design_rules():
+    model = build_backbone("mcu_irnet", 11)
+    activations = {type(m) for m in model.modules()
+                   if isinstance(m, nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.SiLU | nn.GELU)}
+    assert activations == {nn.ReLU6}  # bounded, int8-friendly; no hard-swish
+    assert not any("se" in name.split(".")[-1] and not isinstance(m, nn.Identity)
+                   for name, m in model.named_modules())  # no squeeze-excite
+    assert count_params(model) < 450_000  # int8 weights inside the 500 KB flash budget
+    assert model.conv_stem.stride == (2, 2)  # a strided stem keeps the arena small
 
 
 def test_export_safe_swap_keeps_outputs_and_removes_hardsigmoid():

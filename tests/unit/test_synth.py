@@ -15,6 +15,10 @@ from pipeline.synth import (
     render_sample,
 )
 from pipeline.synth.checks import ler_recovery, noise_vs_mean, shortcut_audit
+from pipeline.synth.overlays import info_bar
+from pipeline.synth.patterns import VIEW
+from pipeline.synth.render import render_scene_sample
+from pipeline.synth.rng import make_rng
 
 TRAIN_PROFILES = [p for p in PROFILES if p not in DEFAULT_HELDOUT_PROFILES]
 
@@ -111,3 +115,47 @@ def test_shortcut_audit_stays_well_below_perfect(tmp_path):
     for key in ("acc_global_stats", "acc_defect_inpainted"):
         # measured ~0.3 on 12 classes (chance 0.083): context differs by class, imaging doesn't
         assert 0.0 <= r[key] < 0.6, r
+
+
+NEW_SCENES = [("clean_via", "interconnect"), ("via_defect", "interconnect"),
+              ("crack", "interconnect"), ("particle", "lines")]
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_new_scene_renders_for_every_profile(profile):
+    for k, (cls, family) in enumerate(NEW_SCENES):
+        for seed in range(2):
+            s = render_scene_sample(cls, profile, 300 + 7 * k + seed, 900 + seed, 64,
+                                    family=family)
+            assert s.image.shape == s.mask.shape == (64, 64)
+            assert s.mask.any() != cls.startswith("clean_"), (cls, family, seed)
+            assert s.image.std() > 5
+            assert s.params["family"] == family and s.params["view"] == VIEW[family]
+
+
+def test_info_bar_squeezes_the_mask_with_the_field():
+    img = np.full((128, 128), 100, np.uint8)
+    mask = np.zeros((128, 128), np.uint8)
+    img[120:128, 40:60] = 250  # a defect in the bottom rows, where the bar goes
+    mask[120:128, 40:60] = 255
+    out, out_mask = info_bar(img, mask, make_rng(1, "test"))
+    assert out.shape == out_mask.shape == (128, 128)
+    bar_rows = np.flatnonzero(np.mean(np.abs(out.astype(int) - 100) < 5, 1) < 0.5)
+    assert bar_rows.size >= 10 and np.array_equal(bar_rows, np.arange(128 - bar_rows.size, 128))
+    assert out_mask.any()  # the defect is squeezed above it, not cut off
+    field_rows = out_mask.any(1)
+    assert np.all(out[field_rows][:, 40:60] > 200)  # the mask still marks the bright defect
+    assert not out_mask[bar_rows].any()
+
+
+def test_overlays_depend_on_the_imaging_seed_not_the_class():
+    kinds = ("info_bar", "scale_bar", "label", "watermark", "smoothed")
+    draws = {}
+    for cls in ("clean_layer", "bridge", "particle"):
+        s = render_scene_sample(cls, "crisp_publication", 11, 42, 64, family="lines")
+        draws[cls] = {k: s.params[f"overlay_{k}"] for k in kinds}
+    assert len({tuple(d.values()) for d in draws.values()}) == 1
+    shown = sum(render_scene_sample("clean_layer", "crisp_publication", 11, seed, 64,
+                                    family="lines").params["overlay_scale_bar"]
+                for seed in range(60))
+    assert 8 <= shown <= 35  # crisp_publication draws a scale bar at p = 0.35
