@@ -107,7 +107,7 @@ def apply_overlays(img: np.ndarray, mask: np.ndarray, pr: ToolProfile,
         img = smooth_render(img, rng)
     if info["info_bar"]:
         img, mask = info_bar(img, mask, rng)
-    if info["scale_bar"] and not info["info_bar"] or info["label"]:
+    if (info["scale_bar"] and not info["info_bar"]) or info["label"]:
         img = corner_marks(img, rng, info["scale_bar"] and not info["info_bar"], info["label"])
     if info["watermark"]:
         img = watermark(img, rng)
