@@ -36,6 +36,7 @@ def problems(cfg: Mapping, root: Path, *, server: bool = True) -> list[str]:
         problem = _backbone_problem(name, pretrained)
         if problem:
             found.append(f"{key} = {name!r}: {problem}")
+    found += _label_free_problems(cfg)
     tracking = cfg.get("tracking", {})
     if server and tracking.get("enabled", True):
         from pipeline.errors import UserError
@@ -46,6 +47,30 @@ def problems(cfg: Mapping, root: Path, *, server: bool = True) -> list[str]:
                             float(tracking.get("connect_timeout_s", 5)))
         except UserError as exc:
             found.append(str(exc))
+    return found
+
+
+def _label_free_problems(cfg: Mapping) -> list[str]:
+    """finetune.matching.label_free takes the synthetic teacher unchanged, so on a phase with
+    unlabelled but no labelled real images it needs that teacher alone, in the phase's classes."""
+    ft = cfg["finetune"]
+    if not (ft["matching"]["label_free"] and ft["matching"]["unlabeled"]):
+        return []
+    found = []
+    for phase in ft["phases"]:
+        real = cfg["data"]["real"][phase]
+        if real["train"] or not real["unlabeled"]:
+            continue
+        taxonomy = cfg["phases"][phase]["taxonomy"]
+        if list(ft["teachers"]) != [SYNTHETIC_TEACHER]:
+            found.append(f"finetune.teachers = {list(ft['teachers'])}: label-free matching on "
+                         f"{phase} (no data.real.{phase}.train) cannot fine-tune them; set "
+                         f"finetune.teachers=[{SYNTHETIC_TEACHER}]")
+        elif taxonomy != cfg["train"]["phase"]:
+            found.append(f"finetune.matching.label_free: {phase} ({taxonomy} classes) has no "
+                         f"data.real.{phase}.train, and the synthetic teacher knows "
+                         f"train.phase={cfg['train']['phase']}'s classes only; give "
+                         f"data.real.{phase}.train or set finetune.matching.label_free=false")
     return found
 
 

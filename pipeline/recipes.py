@@ -6,7 +6,9 @@ Two recipes:
   ImageNet → synthetic teacher of train_teacher, and/or ImageNet backbones) is fine-tuned on
   the real train images; the student learns their ensemble by function matching
   (pipeline.matching) on the real train images, the phase's unlabelled real images and
-  synthetic images.
+  synthetic images. With `label_free` and no labelled real images, the student matches the
+  synthetic teacher as trained (nothing to fine-tune it on) on the unlabelled real images,
+  the stand-in and synthetic images.
 - "finetune" (the stand-in, or when asked): the synthetic-distilled student (or a scratch
   one) fine-tuned on the images with a replay share of the hardest synthetic images,
   optionally from a real-fine-tuned teacher by KD (teacher_kd) and with pseudo-labels on
@@ -71,6 +73,7 @@ class RecipeOptions:
     matching: MatchOptions = field(default_factory=MatchOptions)
     synthetic_images: int = 0
     use_unlabeled: bool = True
+    label_free: bool = False  # matching on unlabelled real images when none is labelled
     replay_size: int = 0
     teacher_kd: Mapping = field(default_factory=lambda: {"enabled": False})
     self_training: Mapping = field(default_factory=lambda: {"enabled": False})
@@ -96,7 +99,8 @@ class RecipeOptions:
                 cfg, {**ft, **ft["teacher"]}),
             teachers=tuple(ft["teachers"]), teacher_image_size=ft["teacher"]["image_size"],
             matching=MatchOptions.from_config(m, cfg), synthetic_images=m["synthetic_images"],
-            use_unlabeled=m["unlabeled"], replay_size=ft["replay"]["size"],
+            use_unlabeled=m["unlabeled"], label_free=m["label_free"],
+            replay_size=ft["replay"]["size"],
             teacher_kd=dict(ft["teacher_kd"]), self_training=dict(ft["self_training"]),
             bn_adapt=dict(ft["bn_adapt"]), style=dict(cfg["train"]["style"]),
             equalize_images=ft["int8_equalize_images"],
@@ -123,7 +127,7 @@ def train_phase_model(data: PhaseData, classes: Sequence[str], opts: RecipeOptio
     out_dir = Path(out_dir)
     for old in out_dir.glob("teacher*.ckpt"):  # never a stale teacher from an earlier run
         old.unlink()
-    if opts.recipe == "matching" and data.is_real:
+    if opts.recipe == "matching" and (data.is_real or _label_free(data, opts)):
         trained = _matching(data, classes, opts, out_dir, cache_dir, trained_teachers or {},
                             logger)
     else:
@@ -165,7 +169,9 @@ def _matching(data, classes, opts, out_dir, cache_dir, trained, logger) -> Train
                         "efficientnet_lite0)")
     teachers, facts = {}, {}
     for name in opts.teachers:
-        if name in trained:
+        if not data.is_real:
+            teachers[name], model = _label_free_teacher(opts, classes)
+        elif name in trained:
             teachers[name] = Path(trained[name])
             model = load_classifier(teachers[name])
         else:
@@ -232,6 +238,27 @@ def _finetune(data, classes, opts, out_dir, logger) -> TrainedPhase:
         facts.update(pseudo_labels=len(pseudo), pseudo_threshold=threshold)
     facts["epochs"] = result.epochs
     return TrainedPhase(result, teachers, {"recipe": "finetune", "transfer": record}, facts)
+
+
+def _label_free(data: PhaseData, opts: RecipeOptions) -> bool:
+    return opts.label_free and opts.use_unlabeled and bool(data.unlabeled)
+
+
+def _label_free_teacher(opts: RecipeOptions, classes: Sequence[str]):
+    """The synthetic teacher as train_teacher left it: with no labelled image there is
+    nothing to fine-tune it (or an ImageNet teacher) on, so it must know the phase's classes."""
+    if tuple(opts.teachers) != (SYNTHETIC_TEACHER,):
+        raise UserError(f"finetune.matching.label_free: finetune.teachers={list(opts.teachers)} "
+                        "needs labelled real images to fine-tune on; set finetune.teachers="
+                        f"[{SYNTHETIC_TEACHER}] or give data.real.<phase>.train")
+    _require(opts.teacher_ckpt, "train_teacher")
+    model = load_classifier(opts.teacher_ckpt)
+    known = list(model.hparams.class_names)
+    if known != list(classes):
+        raise UserError(f"finetune.matching.label_free: {opts.teacher_ckpt} was trained on "
+                        f"{known}, not this phase's classes {list(classes)}; use it for the "
+                        "phase of train.phase only, or set finetune.matching.label_free=false")
+    return opts.teacher_ckpt, model
 
 
 def _student_source(opts: RecipeOptions) -> ModelSpec | Path:

@@ -317,6 +317,7 @@ class Matching(Section):
     balance: Bool
     synthetic_images: Count
     unlabeled: Bool
+    label_free: Bool
 
 
 class Replay(Section):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.data.real import STANDIN
 from pipeline.files import sha256_file
 from pipeline.models.classifier import SEMClassifier
 from tests.integration.conftest import BIN, run
@@ -263,6 +264,31 @@ def test_matching_recipe_with_labelled_and_unlabelled_images(smoke_project, tmp_
     assert len(list((project / ".cache").glob("teacher_views-*.npy"))) == 1
     submission = (folder / "predictions_unlabeled.csv").read_text().splitlines()
     assert submission[0] == "image_name,predicted_class" and len(submission) == 5
+
+
+def test_phase1_matches_the_synthetic_teacher_on_unlabelled_real_images(smoke_project, tmp_path):
+    """finetune.matching.label_free: with no labelled real image, the phase-1 student matches
+    the synthetic teacher as trained (no teacher is fine-tuned) on the unlabelled images, the
+    stand-in and synthetic images."""
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for png in sorted((smoke_project / "data/synthetic/images/particle").glob("*.png"))[6:10]:
+        shutil.copy(png, unlabelled / png.name)
+    run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase1",
+         f"data.real.phase1.unlabeled={unlabelled}", "finetune.matching.label_free=true",
+         "tracking.enabled=false"], project)
+    folder = project / "models/phase1"
+    record = json.loads((folder / "real_data.json").read_text())
+    assert record["recipe"] == "matching" and record["source"] == STANDIN
+    assert record["teachers"] == ["synthetic"]
+    assert not list(folder.glob("teacher*.ckpt"))  # the synthetic teacher, unchanged
+    n_standin = record["labelled"]
+    assert n_standin > 0 and record["transfer_images"] == n_standin + 4 + 16
+    student = SEMClassifier.load_from_checkpoint(folder / "model.ckpt", weights_only=True)
+    assert student.hparams.kd["alpha"] == 1.0
+    assert len((folder / "predictions_unlabeled.csv").read_text().splitlines()) == 5
 
 
 def test_mlflow_holds_datasets_models_aliases_and_the_pipeline_summary(smoke_project):

@@ -158,3 +158,28 @@ def test_pseudo_label_threshold_is_the_loosest_one_that_keeps_val_precision():
     assert confidence_threshold(probs, labels, 0.8) == 0.7  # 4 of the top 5 right
     assert confidence_threshold(probs, labels, 0.0) == 0.5  # everything
     assert confidence_threshold(probs, [1] * 7, 0.5) == NO_PSEUDO_LABEL > 1.0
+
+
+def test_label_free_matching_refuses_teachers_it_cannot_use(root, tmp_path):
+    """With no labelled image nothing can fine-tune a teacher: label-free matching takes the
+    synthetic teacher as it is, so it must hold the phase's classes."""
+    import lightning
+
+    from pipeline.recipes import PhaseData, RecipeOptions, train_phase_model
+
+    cfg = load_params(root, ["finetune.matching.label_free=true"])
+    teacher = _model(["a", "b"])
+    ckpt = tmp_path / "models/teacher/model.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams),
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    data = PhaseData([("s.png", 0)], [("v.png", 0)], False, ["u.png"])
+    opts = RecipeOptions.from_config(cfg, tmp_path, [])
+    assert opts.label_free
+    with pytest.raises(UserError, match=r"trained on \['a', 'b'\], not this phase's classes"):
+        train_phase_model(data, ["a", "b", "c"], opts, tmp_path / "out")
+    imagenet = RecipeOptions.from_config(
+        load_params(root, ["finetune.matching.label_free=true",
+                           "finetune.teachers=[synthetic,efficientnet_lite0]"]), tmp_path, [])
+    with pytest.raises(UserError, match="needs labelled real images"):
+        train_phase_model(data, ["a", "b"], imagenet, tmp_path / "out")

@@ -26,6 +26,21 @@ def test_each_problem_is_named(root, tmp_path, monkeypatch):
     assert problems(cfg, root, server=False)[:3] == found[:3]
 
 
+def test_label_free_matching_needs_the_synthetic_teacher_in_the_phase_classes(root, tmp_path):
+    unlabeled = [f"data.real.{p}.unlabeled={tmp_path}" for p in ("phase1", "phase3")]
+    assert problems(load_params(root, unlabeled), root, server=False) == []  # label_free off
+    on = load_params(root, ["finetune.matching.label_free=true", *unlabeled])
+    found = problems(on, root, server=False)
+    assert len(found) == 1 and "phase3 (phase3 classes) has no data.real.phase3.train" in found[0]
+    labelled = load_params(root, ["finetune.matching.label_free=true", *unlabeled,
+                                  f"data.real.phase3.train={tmp_path}"])
+    assert problems(labelled, root, server=False) == []
+    imagenet = load_params(root, ["finetune.matching.label_free=true", unlabeled[0],
+                                  "finetune.teachers=[synthetic,efficientnet_lite0]"])
+    found = [f for f in problems(imagenet, root, server=False) if "label-free" in f]
+    assert len(found) == 1 and "cannot fine-tune them" in found[0]
+
+
 def test_the_command_refuses_in_one_message(root):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "preflight",
                            "model.teacher.name=resnet1800", "tracking.enabled=false"],
