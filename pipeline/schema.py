@@ -275,6 +275,7 @@ class Train(Section):
     weight_decay: WeightDecay
     warmup_epochs: WarmupEpochs
     early_stopping_patience: Patience
+    freeze_blocks: Count
     sampler: _choice("shuffle", "balanced")
     loss: Loss
     augment: Augment

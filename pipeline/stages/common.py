@@ -148,7 +148,7 @@ def synthetic_style(cfg: dict, phase: str, image_size: int, seed: int) -> StyleT
 
 def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: dict,
                 out_dir: Path, metrics_dir: Path, teacher_ckpt: Path | None,
-                kd: dict | None) -> None:
+                kd: dict | None, freeze_blocks: int = 0) -> None:
     """Train one model on the synthetic splits; shared by train_teacher and distill_student.
 
     With kd.teacher_logits == "cached", the teacher's logits are computed once per
@@ -177,6 +177,8 @@ def train_model(cfg: dict, root: Path, *, stage: str, model_cfg: dict, opt_cfg: 
             max_epochs=opt_cfg["max_epochs"],
             teacher_ckpt=str(teacher_ckpt) if teacher_ckpt else None, kd=kd,
         )
+        if freeze_blocks:
+            model.freeze_first_units(freeze_blocks)
         size = model_cfg["image_size"]
         if teacher_ckpt and cached is None:
             # One batch feeds both models: serve the larger size, each resizes on-tensor.

@@ -12,4 +12,5 @@ from pipeline.stages.common import train_model
 def run(cfg: dict, root: Path) -> None:
     train_model(cfg, root, stage="train_teacher", model_cfg=cfg["model"]["teacher"],
                 opt_cfg=cfg["train"], out_dir=root / layout.TEACHER,
-                metrics_dir=root / layout.TEACHER_METRICS, teacher_ckpt=None, kd=None)
+                metrics_dir=root / layout.TEACHER_METRICS, teacher_ckpt=None, kd=None,
+                freeze_blocks=cfg["train"]["freeze_blocks"])

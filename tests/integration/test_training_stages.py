@@ -101,6 +101,27 @@ def test_smoke_training_is_deterministic(smoke_project):
     assert "models/student" not in changed and "models/teacher" not in changed, status
 
 
+def test_teacher_keeps_its_frozen_imagenet_units(smoke_project, tmp_path):
+    """train.freeze_blocks: the stem and first blocks of the pretrained teacher (weights and
+    BatchNorm statistics) leave train_teacher exactly as ImageNet gave them."""
+    import shutil
+
+    from pipeline.models.backbones import build_backbone
+
+    project = tmp_path / "project"
+    shutil.copytree(smoke_project, project, symlinks=True)
+    run([str(BIN / "python"), "-m", "pipeline", "train_teacher", "train.freeze_blocks=2",
+         "train.max_epochs=1", "tracking.enabled=false"], project)
+    state = torch.load(project / "models/teacher/model.ckpt", weights_only=True,
+                       map_location="cpu")["state_dict"]
+    imagenet = build_backbone("efficientnet_lite0", 9, pretrained=True).state_dict()
+    frozen = [k for k in imagenet if k.startswith(("conv_stem.", "bn1.", "blocks.0."))]
+    trained = [k for k in imagenet if k.startswith("blocks.1.") and k.endswith(".weight")]
+    assert frozen and trained
+    assert all(torch.equal(state[f"net.backbone.{k}"], imagenet[k]) for k in frozen)
+    assert not all(torch.equal(state[f"net.backbone.{k}"], imagenet[k]) for k in trained)
+
+
 def test_ddp_two_cpu_processes_only_rank0_logs_and_writes(tmp_path):
     project = make_project(tmp_path / "ddp", ["experiment=smoke", "trainer=ddp"])
     for stage in ("synthesize", "split"):
