@@ -70,6 +70,11 @@ RECIPES: dict[str, tuple[list[str], bool]] = {
     # The student sweep (issue 20): other students, from scratch (none has a synthetic
     # checkpoint), the same teacher and transfer set.
     "matching_mcu_irnet": (["finetune.init=scratch", "model.student.name=mcu_irnet"], True),
+    # Resolution against width at about edge_cnn's cost: edge_cnn at 96 px (11 M MACs), and
+    # edge_cnn_wide at 96 px (19 M MACs, as many as edge_cnn at 128).
+    "matching_edge_cnn_96": (["finetune.init=scratch", "model.student.image_size=96"], True),
+    "matching_edge_cnn_wide_96": (["finetune.init=scratch", "model.student.name=edge_cnn_wide",
+                                   "model.student.image_size=96"], True),
     "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", "finetune.init=scratch",
                           "finetune.matching.synthetic_images=0"], True),
 }

