@@ -47,6 +47,7 @@ from pipeline.export.deliver import (  # noqa: E402
 from pipeline.files import write_json  # noqa: E402
 from pipeline.matching import Teacher, teacher_logits  # noqa: E402
 from pipeline.models.features import image_features  # noqa: E402
+from pipeline.models.preprocess import Preprocess  # noqa: E402
 from pipeline.models.surgery import head_row_sources  # noqa: E402
 from pipeline.recipes import PhaseData, RecipeOptions, train_phase_model, train_teacher  # noqa: E402
 from pipeline.stages.common import load_splits  # noqa: E402
@@ -75,9 +76,16 @@ RECIPES: dict[str, tuple[list[str], bool]] = {
     "matching_edge_cnn_96": (["finetune.init=scratch", "model.student.image_size=96"], True),
     "matching_edge_cnn_wide_96": (["finetune.init=scratch", "model.student.name=edge_cnn_wide",
                                    "model.student.image_size=96"], True),
+    # Patience (Beyer et al. 2022): the same as matching_scratch with 3x the epochs, so 3x
+    # the teacher views.
+    "matching_scratch_long": (["finetune.init=scratch", "finetune.matching.epochs=120"], True),
     "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", "finetune.init=scratch",
                           "finetune.matching.synthetic_images=0"], True),
 }
+
+# Input size of the features that cluster images into appearance groups: fixed, so the folds
+# stay the same whatever student a run configures.
+APPEARANCE_IMAGE_SIZE = 128
 
 
 def main() -> None:
@@ -112,7 +120,8 @@ def bench(opts: argparse.Namespace) -> None:
     ft = base["finetune"]
     groups, hashes = group_near_duplicates([p for p, _ in items], ft["near_dup_max_distance"])
     if opts.group == "appearance":
-        features = image_features(image_batch([p for p, _ in items], _pp(base)))
+        features = image_features(image_batch([p for p, _ in items],
+                                              Preprocess(APPEARANCE_IMAGE_SIZE)))
         groups = appearance_groups(features, groups, opts.clusters, ft["seed"])
     unlabeled = load_unlabelled(Path(opts.unlabeled))[0] if opts.unlabeled else []
     unlabeled_hashes = group_near_duplicates(unlabeled, 0)[1] if unlabeled else []
@@ -216,12 +225,6 @@ def _away_from(paths, hashes, test_hashes, max_distance) -> list[str]:
 def _phase_of(cfg: dict, classes: list[str]) -> str:
     return next(p for p, spec in cfg["taxonomy"]["phases"].items()
                 if list(spec["classes"]) == classes)
-
-
-def _pp(cfg: dict):
-    from pipeline.models.preprocess import Preprocess
-
-    return Preprocess(cfg["model"]["student"]["image_size"])
 
 
 def print_table(results: dict, group: str, recipes: list[str]) -> None:
