@@ -54,32 +54,37 @@ from pipeline.stages.common import load_splits  # noqa: E402
 from pipeline.taxonomy import Taxonomy, clean_classes  # noqa: E402
 from pipeline.training import predict_probs  # noqa: E402
 
+# Every student recipe pins its start and its matching schedule, so a change of default in
+# conf/ does not change what a recipe name (its rows in results.json and BENCHMARKS.md) means.
+STUDENT, SCRATCH = "finetune.init=student", "finetune.init=scratch"
+EPOCHS_40, EPOCHS_120 = "finetune.matching.epochs=40", "finetune.matching.epochs=120"
+ENSEMBLE = "finetune.teachers=[synthetic,efficientnet_lite1,efficientnet_lite2]"
+
 # name -> (config overrides, whether a student is trained; False scores the teachers alone)
 RECIPES: dict[str, tuple[list[str], bool]] = {
-    "baseline": (["finetune.recipe=finetune"], True),
+    "baseline": (["finetune.recipe=finetune", STUDENT], True),
     "teacher_synthetic": (["finetune.teachers=[synthetic]"], False),
     "teacher_lite0": (["finetune.teachers=[efficientnet_lite0]"], False),
     "teacher_lite1": (["finetune.teachers=[efficientnet_lite1]"], False),
     "teacher_lite2": (["finetune.teachers=[efficientnet_lite2]"], False),
-    "ensemble": (["finetune.teachers=[synthetic,efficientnet_lite1,efficientnet_lite2]"], False),
-    "matching": ([], True),
-    "matching_ensemble": (["finetune.teachers=[synthetic,efficientnet_lite1,efficientnet_lite2]"],
-                          True),
+    "ensemble": ([ENSEMBLE], False),
+    "matching": ([STUDENT, EPOCHS_40], True),
+    "matching_ensemble": ([ENSEMBLE, STUDENT, EPOCHS_40], True),
     # The synthetic stages' worth to the student: the same teacher and transfer set, the
     # student started from scratch instead of from the synthetic-distilled one.
-    "matching_scratch": (["finetune.init=scratch"], True),
+    "matching_scratch": ([SCRATCH, EPOCHS_40], True),
     # The student sweep (issue 20): other students, from scratch (none has a synthetic
     # checkpoint), the same teacher and transfer set.
-    "matching_mcu_irnet": (["finetune.init=scratch", "model.student.name=mcu_irnet"], True),
+    "matching_mcu_irnet": ([SCRATCH, EPOCHS_40, "model.student.name=mcu_irnet"], True),
     # Resolution against width at about edge_cnn's cost: edge_cnn at 96 px (11 M MACs), and
     # edge_cnn_wide at 96 px (19 M MACs, as many as edge_cnn at 128).
-    "matching_edge_cnn_96": (["finetune.init=scratch", "model.student.image_size=96"], True),
-    "matching_edge_cnn_wide_96": (["finetune.init=scratch", "model.student.name=edge_cnn_wide",
+    "matching_edge_cnn_96": ([SCRATCH, EPOCHS_40, "model.student.image_size=96"], True),
+    "matching_edge_cnn_wide_96": ([SCRATCH, EPOCHS_40, "model.student.name=edge_cnn_wide",
                                    "model.student.image_size=96"], True),
-    # Patience (Beyer et al. 2022): the same as matching_scratch with 3x the epochs, so 3x
-    # the teacher views.
-    "matching_scratch_long": (["finetune.init=scratch", "finetune.matching.epochs=120"], True),
-    "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", "finetune.init=scratch",
+    # Patience (Beyer et al. 2022): 3x the epochs, so 3x the teacher views.
+    "matching_long": ([STUDENT, EPOCHS_120], True),
+    "matching_scratch_long": ([SCRATCH, EPOCHS_120], True),
+    "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", SCRATCH, EPOCHS_40,
                           "finetune.matching.synthetic_images=0"], True),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -29,26 +30,45 @@ def export_onnx(net: nn.Module, image_size: int, path: Path, *, dynamic_batch: b
     if bad:
         raise TypeError(f"ONNX metadata values must be strings: {sorted(bad)}")
     path = Path(path)
+    with atomic_path(path) as tmp:
+        _torch_export(net, image_size, str(tmp), dynamic_batch)
+        model = onnx.load(str(tmp))
+        for key, value in sorted(metadata.items()):
+            model.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(tmp))
+    return path
+
+
+def _torch_export(net: nn.Module, image_size: int, target, dynamic_batch: bool) -> None:
+    """`net` in eval mode as ONNX into `target` (a path or a binary file object)."""
     was_training = net.training
     net.eval()
     dummy = torch.rand(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter warns that it is legacy; it is the fast, clean path here.
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
-            torch.onnx.export(net, (dummy,), str(tmp), dynamo=False, opset_version=OPSET,
+            torch.onnx.export(net, (dummy,), target, dynamo=False, opset_version=OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, do_constant_folding=True)
-            model = onnx.load(str(tmp))
-            for key, value in sorted(metadata.items()):
-                model.metadata_props.add(key=key, value=value)
-            onnx.checker.check_model(model, full_check=True)
-            onnx.save(model, str(tmp))
     finally:
         net.train(was_training)
-    return path
+
+
+def onnx_session(net: nn.Module, image_size: int):
+    """An onnxruntime CPU session of `net` (dynamic batch), built in memory, with as many
+    threads as torch uses. For bulk inference: on CPU it runs EfficientNet's depthwise
+    convolutions about 2.5x faster than eager torch."""
+    import onnxruntime as ort
+
+    buffer = io.BytesIO()
+    _torch_export(net, image_size, buffer, dynamic_batch=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
 
 
 def read_metadata(path: Path) -> dict[str, str]:

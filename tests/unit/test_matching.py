@@ -109,6 +109,21 @@ def test_teacher_ensemble_averages_probabilities_and_tta_is_rotation_invariant()
     assert torch.allclose(tta(x), tta(torch.rot90(x, 1, (2, 3)).flip(3)), atol=1e-5)
 
 
+def test_the_onnxruntime_teacher_equals_the_torch_teacher():
+    torch.manual_seed(0)
+    models = [SEMClassifier(name, 3, ["a", "b", "c"], {"image_size": 64}, loss={},
+                            optimizer={"lr": 1e-3}, max_epochs=1).eval()
+              for name in ("plain_cnn", "edge_cnn")]
+    teacher = Teacher(models, dihedral=True)
+    x = torch.rand(5, 1, 72, 72)  # resized to the members' 64 px, as in torch
+    fast = teacher.on_runtime("onnxruntime")
+    assert fast.runtime == "onnxruntime" and fast.members[0] is models[0]
+    assert torch.allclose(fast(x), teacher(x), atol=1e-4)
+    assert not torch.equal(fast(x), fast(x.flip(2).clamp(0.2, 0.8)))  # it does look at x
+    with pytest.raises(ValueError, match="runtime"):
+        teacher.on_runtime("tensorrt")
+
+
 def test_a_fold_never_splits_a_near_duplicate_group():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(60), rng.integers(1, 4, 60))
