@@ -57,7 +57,7 @@ from pipeline.training import predict_probs  # noqa: E402
 # Every student recipe pins its start and its matching schedule, so a change of default in
 # conf/ does not change what a recipe name (its rows in results.json and BENCHMARKS.md) means.
 STUDENT, SCRATCH = "finetune.init=student", "finetune.init=scratch"
-EPOCHS_40, EPOCHS_120 = "finetune.matching.epochs=40", "finetune.matching.epochs=120"
+EPOCHS_40, EPOCHS_80, EPOCHS_120 = (f"finetune.matching.epochs={n}" for n in (40, 80, 120))
 ENSEMBLE = "finetune.teachers=[synthetic,efficientnet_lite1,efficientnet_lite2]"
 
 # name -> (config overrides, whether a student is trained; False scores the teachers alone)
@@ -83,6 +83,7 @@ RECIPES: dict[str, tuple[list[str], bool]] = {
                                    "model.student.image_size=96"], True),
     # Patience (Beyer et al. 2022): 3x the epochs, so 3x the teacher views.
     "matching_long": ([STUDENT, EPOCHS_120], True),
+    "matching_scratch_80": ([SCRATCH, EPOCHS_80], True),
     "matching_scratch_long": ([SCRATCH, EPOCHS_120], True),
     "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", SCRATCH, EPOCHS_40,
                           "finetune.matching.synthetic_images=0"], True),

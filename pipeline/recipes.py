@@ -9,10 +9,11 @@ Two recipes:
   synthetic images. With `label_free` and no labelled real images, the student matches the
   synthetic teacher as trained (nothing to fine-tune it on) on the unlabelled real images,
   the stand-in and synthetic images.
-- "finetune" (the stand-in, or when asked): the synthetic-distilled student (or a scratch
-  one) fine-tuned on the images with a replay share of the hardest synthetic images,
+- "finetune" (the stand-in, or when asked): the synthetic-distilled student fine-tuned on the images with a replay share of the hardest synthetic images,
   optionally from a real-fine-tuned teacher by KD (teacher_kd) and with pseudo-labels on
   the unlabelled images (self_training).
+`finetune.init` picks the start of the matching student on labelled real images only
+(scratch or the distilled student); every other phase model starts from the distilled one.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class PhaseData:
 @dataclass(frozen=True)
 class RecipeOptions:
     recipe: str
-    student_start: str  # "student" (the synthetic-distilled student) or "scratch"
+    student_start: str  # matching on real labels: "student" (the distilled one) or "scratch"
     student: ModelSpec
     student_ckpt: Path | None  # models/student/model.ckpt
     teacher_ckpt: Path | None  # models/teacher/model.ckpt
@@ -185,7 +186,7 @@ def _matching(data, classes, opts, out_dir, cache_dir, trained, logger) -> Train
     synthetic = data.synthetic_train if opts.synthetic_images else []
     transfer = transfer_set(data.train, unlabeled, synthetic, opts.synthetic_images,
                             opts.matching.seed)
-    source = _student_source(opts)
+    source = _student_source(opts) if data.is_real else _distilled_student(opts)
     result, record = match(teacher, source, transfer, data.val, out_dir / "model.ckpt",
                            opts.matching, teacher_id=teacher_id(list(teachers.values())),
                            head_sources=opts.head_sources if source == opts.student_ckpt
@@ -206,7 +207,7 @@ def _finetune(data, classes, opts, out_dir, logger) -> TrainedPhase:
         scores = evaluate_sets(taught.model, {"val": data.val})["val"]
         facts.update(teacher_val_accuracy=scores["accuracy"],
                      teacher_val_macro_f1=scores["macro_f1"])
-    source = _student_source(opts)
+    source = _distilled_student(opts)
     # The stand-in is synthetic: restyled toward the phase's unlabelled real images (any
     # pseudo-labelled real images of the second fine-tune with it: real to real, a mild
     # tone change).
@@ -262,8 +263,13 @@ def _label_free_teacher(opts: RecipeOptions, classes: Sequence[str]):
 
 
 def _student_source(opts: RecipeOptions) -> ModelSpec | Path:
-    if opts.student_start == "scratch":
-        return opts.student
+    """The start of a student that matches teachers fine-tuned on labelled real images."""
+    return opts.student if opts.student_start == "scratch" else _distilled_student(opts)
+
+
+def _distilled_student(opts: RecipeOptions) -> Path:
+    """The start of every other phase model: fine-tuning, and matching without real labels,
+    begin from what the synthetic stages distilled."""
     _require(opts.student_ckpt, "distill_student")
     return opts.student_ckpt
 

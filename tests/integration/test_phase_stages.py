@@ -259,6 +259,7 @@ def test_matching_recipe_with_labelled_and_unlabelled_images(smoke_project, tmp_
     n_train = len(record["train_files"])
     assert record["transfer_images"] == n_train + 4 + 16  # + unlabelled + synthetic_images
     assert record["labelled"] == n_train
+    assert record["student_start"] == {"init": "scratch", "backbone": "edge_cnn"}  # the default
     assert sum(record["teacher_predicted_counts"]) == record["transfer_images"]
     assert {"path", "class", "sha256"} == set(record["train_files"][0])
     assert len(list((project / ".cache").glob("teacher_views-*.npy"))) == 1
@@ -286,6 +287,7 @@ def test_phase1_matches_the_synthetic_teacher_on_unlabelled_real_images(smoke_pr
     assert not list(folder.glob("teacher*.ckpt"))  # the synthetic teacher, unchanged
     n_standin = record["labelled"]
     assert n_standin > 0 and record["transfer_images"] == n_standin + 4 + 16
+    assert record["student_start"]["init"] == "checkpoint"  # the distilled student, whatever init
     student = SEMClassifier.load_from_checkpoint(folder / "model.ckpt", weights_only=True)
     assert student.hparams.kd["alpha"] == 1.0
     assert len((folder / "predictions_unlabeled.csv").read_text().splitlines()) == 5
