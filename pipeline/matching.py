@@ -6,9 +6,8 @@ loss and a long schedule.
 On CPU the teacher's forward pass per view is the cost. Views are deterministic functions of
 (image, epoch) (pipeline.data.datamodule.MixupViews), so the teacher's outputs are computed
 once per view before training (in onnxruntime, see Teacher) and cached on disk by a key of
-everything they depend on:
-reruns, resumed runs and other students of the same teacher reuse them, and the views are
-regenerated rather than stored. The student then trains at its own speed.
+everything they depend on: reruns, resumed runs and other students of the same teacher reuse
+them, and the views are regenerated rather than stored. The student then trains at its own speed.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ class Teacher(nn.Module):
     distribution, a valid logit vector), each model fed at its own input size. With
     `dihedral`, also averaged over the 8 flips and 90-degree rotations (test-time
     augmentation; SEM images have no preferred orientation). `runtime` "onnxruntime" runs
-    the members' networks there (equal to torch within float rounding, ~2.5x faster on CPU:
+    the members' networks there (equal to torch within float rounding, 3.5x faster on 2 CPU cores:
     the teacher pass over every view is function matching's cost)."""
 
     RUNTIMES = ("torch", "onnxruntime")

@@ -61,7 +61,7 @@ def _torch_export(net: nn.Module, image_size: int, target, dynamic_batch: bool) 
 def onnx_session(net: nn.Module, image_size: int):
     """An onnxruntime CPU session of `net` (dynamic batch), built in memory, with as many
     threads as torch uses. For bulk inference: on CPU it runs EfficientNet's depthwise
-    convolutions about 2.5x faster than eager torch."""
+    convolutions about 3.5x faster than eager torch (2 threads)."""
     import onnxruntime as ort
 
     buffer = io.BytesIO()
