@@ -6,8 +6,10 @@ Usage (from the repo root, after `dvc repro distill_student`):
 
 For each checkpoint: accuracy, macro-F1 and defect recall on the labelled folder (its class
 folders mapped to `--taxonomy`, as `python -m pipeline evaluate-folder` maps them) as
-trained, and after `finetune.bn_adapt` (pipeline.finetune.reestimate_batchnorm on the
-unlabelled folder). No label of the labelled folder is used for anything but scoring.
+trained, after `finetune.bn_adapt` (pipeline.finetune.reestimate_batchnorm on the unlabelled
+folder) and after `finetune.source_free` (pipeline.source_free, SHOT, with the params.yaml
+settings; `--set KEY=VALUE` overrides one of them, e.g. `--set epochs=5`). No label of the
+labelled folder is used for anything but scoring.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import find_root, load_params  # noqa: E402
@@ -24,8 +28,15 @@ from pipeline.data.importer import load_unlabelled  # noqa: E402
 from pipeline.evaluate.folder import evaluate_folder  # noqa: E402
 from pipeline.finetune import reestimate_batchnorm  # noqa: E402
 from pipeline.models.classifier import load_classifier  # noqa: E402
+from pipeline.source_free import SourceFreeOptions, adapt_source_free  # noqa: E402
 from pipeline.taxonomy import Taxonomy  # noqa: E402
 from pipeline.training import replace_weights  # noqa: E402
+
+ADAPTATIONS = {
+    "bn_adapt": lambda model, images, batch_size: reestimate_batchnorm(
+        model, images, batch_size=batch_size),
+    "source_free": adapt_source_free,
+}
 
 
 def main() -> None:
@@ -35,29 +46,40 @@ def main() -> None:
     parser.add_argument("--taxonomy", default="phase1", help="phase whose classes score it")
     parser.add_argument("--models", nargs="+", default=["models/teacher/model.ckpt",
                                                          "models/student/model.ckpt"])
-    parser.add_argument("--batch-size", type=int, default=32, help="finetune.bn_adapt.batch_size")
+    parser.add_argument("--adaptations", nargs="+", default=list(ADAPTATIONS),
+                        choices=list(ADAPTATIONS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a finetune.source_free key for this run")
     opts = parser.parse_args()
     root = find_root()
-    taxonomy = Taxonomy.from_config(load_params(root)["taxonomy"])
+    params = load_params(root)
+    taxonomy = Taxonomy.from_config(params["taxonomy"])
+    ft = params["finetune"]
+    source_free = {**ft["source_free"], **{k: yaml.safe_load(v) for k, v in
+                                          (kv.split("=", 1) for kv in opts.set)}}
+    settings = {"bn_adapt": ft["bn_adapt"]["batch_size"],
+                "source_free": SourceFreeOptions.from_config(source_free, ft["seed"],
+                                                             params["train"]["augment"])}
     phase = taxonomy.phase(opts.taxonomy)
     unlabeled, _ = load_unlabelled(Path(opts.unlabeled))
     print(f"{opts.labelled} scored in {opts.taxonomy} classes; {len(unlabeled)} unlabelled "
-          f"images from {opts.unlabeled}\n")
+          f"images from {opts.unlabeled}; source_free: {settings['source_free']}\n")
     print("| model | adaptation | accuracy | macro-F1 | defect recall |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for model_path in opts.models:
-            adapted = Path(work) / f"{Path(model_path).parent.name}_bn.ckpt"
-            adapted.write_bytes(Path(model_path).read_bytes())
-            model = load_classifier(adapted)
-            reestimate_batchnorm(model, unlabeled, batch_size=opts.batch_size)
-            replace_weights(model, adapted)
-            for label, path in (("none", Path(model_path)), ("bn_adapt", adapted)):
+            for label in ["none", *opts.adaptations]:
+                path = Path(model_path)
+                if label != "none":
+                    path = Path(work) / f"{path.parent.name}_{label}.ckpt"
+                    path.write_bytes(Path(model_path).read_bytes())
+                    model = load_classifier(path)
+                    ADAPTATIONS[label](model, unlabeled, settings[label])
+                    replace_weights(model, path)
                 m = evaluate_folder(path, opts.labelled, taxonomy=taxonomy,
                                     classes=list(phase.classes), out_dir=Path(work) / label,
                                     clean_classes=phase.clean_classes)
                 print(f"| {model_path} | {label} | {m['accuracy']:.1%} | {m['macro_f1']:.3f} | "
                       f"{m.get('defect_recall', float('nan')):.1%} |", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ from pipeline.finetune import (
 from pipeline.matching import MatchOptions, Teacher, match, teacher_id, transfer_set
 from pipeline.models.classifier import load_classifier
 from pipeline.preflight import SYNTHETIC_TEACHER
+from pipeline.source_free import SourceFreeOptions, adapt_source_free
 from pipeline.training import FitResult, Items, evaluate_sets, predict_probs, replace_weights
 
 RECIPES = ("matching", "finetune")
@@ -80,6 +81,7 @@ class RecipeOptions:
     self_training: Mapping = field(default_factory=lambda: {"enabled": False})
     bn_adapt: Mapping = field(default_factory=lambda: {"enabled": False})
     style: Mapping = field(default_factory=lambda: {"enabled": False})  # stand-in images only
+    source_free: SourceFreeOptions | None = None  # label-free matching: adapt the teacher
     equalize_images: int = 0
     weight_grid: bool = True
 
@@ -104,6 +106,9 @@ class RecipeOptions:
             replay_size=ft["replay"]["size"],
             teacher_kd=dict(ft["teacher_kd"]), self_training=dict(ft["self_training"]),
             bn_adapt=dict(ft["bn_adapt"]), style=dict(cfg["train"]["style"]),
+            source_free=SourceFreeOptions.from_config(
+                ft["source_free"], ft["seed"], cfg["train"]["augment"])
+            if ft["source_free"]["enabled"] else None,
             equalize_images=ft["int8_equalize_images"],
             weight_grid=ft["int8_weight_grid"])
 
@@ -172,6 +177,11 @@ def _matching(data, classes, opts, out_dir, cache_dir, trained, logger) -> Train
     for name in opts.teachers:
         if not data.is_real:
             teachers[name], model = _label_free_teacher(opts, classes)
+            if opts.source_free:
+                teachers[name] = out_dir / f"teacher_{name}.ckpt"
+                teachers[name].write_bytes(opts.teacher_ckpt.read_bytes())
+                facts.update(adapt_source_free(model, data.unlabeled, opts.source_free))
+                replace_weights(model, teachers[name])
         elif name in trained:
             teachers[name] = Path(trained[name])
             model = load_classifier(teachers[name])

@@ -342,6 +342,14 @@ class BatchNormAdapt(Section):
     batch_size: BatchSize
 
 
+class SourceFree(Section):
+    enabled: Bool
+    epochs: Epochs
+    lr: LearningRate
+    batch_size: BatchSize
+    pseudo_label_weight: Weight
+
+
 class Finetune(Section):
     seed: Seed
     phases: DistinctNames  # phases that train (checked in Config)
@@ -366,6 +374,7 @@ class Finetune(Section):
     teacher_kd: TeacherKD
     self_training: SelfTraining
     bn_adapt: BatchNormAdapt
+    source_free: SourceFree
 
 
 class OutputCode(Section):

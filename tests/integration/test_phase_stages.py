@@ -14,6 +14,7 @@ import torch
 from pipeline.data.real import STANDIN
 from pipeline.files import sha256_file
 from pipeline.models.classifier import SEMClassifier
+from pipeline.models.surgery import classifier_layer
 from tests.integration.conftest import BIN, run
 
 pytestmark = pytest.mark.integration
@@ -267,10 +268,13 @@ def test_matching_recipe_with_labelled_and_unlabelled_images(smoke_project, tmp_
     assert submission[0] == "image_name,predicted_class" and len(submission) == 5
 
 
-def test_phase1_matches_the_synthetic_teacher_on_unlabelled_real_images(smoke_project, tmp_path):
+@pytest.mark.parametrize("source_free", [False, True])
+def test_phase1_matches_the_synthetic_teacher_on_unlabelled_real_images(smoke_project, tmp_path,
+                                                                        source_free):
     """finetune.matching.label_free: with no labelled real image, the phase-1 student matches
     the synthetic teacher as trained (no teacher is fine-tuned) on the unlabelled images, the
-    stand-in and synthetic images."""
+    stand-in and synthetic images; with finetune.source_free the teacher first adapts to the
+    unlabelled images (its classifier layer kept) and the student matches that one."""
     project = tmp_path / "project"
     shutil.copytree(smoke_project, project, symlinks=True)
     unlabelled = tmp_path / "unlabelled"
@@ -279,12 +283,26 @@ def test_phase1_matches_the_synthetic_teacher_on_unlabelled_real_images(smoke_pr
         shutil.copy(png, unlabelled / png.name)
     run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase1",
          f"data.real.phase1.unlabeled={unlabelled}", "finetune.matching.label_free=true",
-         "tracking.enabled=false"], project)
+         f"finetune.source_free.enabled={str(source_free).lower()}",
+         "finetune.source_free.epochs=2", "tracking.enabled=false"], project)
     folder = project / "models/phase1"
     record = json.loads((folder / "real_data.json").read_text())
+    facts = json.loads((folder / "metrics.json").read_text())["facts"]
     assert record["recipe"] == "matching" and record["source"] == STANDIN
     assert record["teachers"] == ["synthetic"]
-    assert not list(folder.glob("teacher*.ckpt"))  # the synthetic teacher, unchanged
+    if source_free:
+        teacher = SEMClassifier.load_from_checkpoint(folder / "teacher_synthetic.ckpt",
+                                                     weights_only=True)
+        synthetic = SEMClassifier.load_from_checkpoint(project / "models/teacher/model.ckpt",
+                                                       weights_only=True)
+        head, _ = classifier_layer(teacher.net)
+        changed = {k for k, v in synthetic.state_dict().items()
+                   if not torch.equal(v, teacher.state_dict()[k])}
+        assert changed and not any(k.startswith(f"net.{head}.") for k in changed)
+        assert facts["source_free_images"] == 4 and facts["source_free_epochs"] == 2
+    else:
+        assert not list(folder.glob("teacher*.ckpt"))  # the synthetic teacher, unchanged
+        assert "source_free_images" not in facts
     n_standin = record["labelled"]
     assert n_standin > 0 and record["transfer_images"] == n_standin + 4 + 16
     assert record["student_start"]["init"] == "checkpoint"  # the distilled student, whatever init
