@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.data.importer import load_unlabelled
 from pipeline.data.style import style_from_config
 from pipeline.errors import UserError
+from pipeline.files import write_bytes
 from pipeline.finetune import (
     FitOptions,
     ModelSpec,
@@ -179,7 +180,7 @@ def _matching(data, classes, opts, out_dir, cache_dir, trained, logger) -> Train
             teachers[name], model = _label_free_teacher(opts, classes)
             if opts.source_free:
                 teachers[name] = out_dir / f"teacher_{name}.ckpt"
-                teachers[name].write_bytes(opts.teacher_ckpt.read_bytes())
+                write_bytes(teachers[name], opts.teacher_ckpt.read_bytes())
                 facts.update(adapt_source_free(model, data.unlabeled, opts.source_free))
                 replace_weights(model, teachers[name])
         elif name in trained:

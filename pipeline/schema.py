@@ -376,6 +376,13 @@ class Finetune(Section):
     bn_adapt: BatchNormAdapt
     source_free: SourceFree
 
+    @model_validator(mode="after")
+    def _source_free_has_its_teacher(self) -> "Finetune":
+        if self.source_free.enabled and not self.matching.label_free:
+            raise _problem("source_free.enabled", True, "false unless matching.label_free is "
+                           "true too (it adapts the teacher of label-free matching)")
+        return self
+
 
 class OutputCode(Section):
     enabled: Bool

@@ -183,3 +183,16 @@ def test_label_free_matching_refuses_teachers_it_cannot_use(root, tmp_path):
                            "finetune.teachers=[synthetic,efficientnet_lite0]"]), tmp_path, [])
     with pytest.raises(UserError, match="needs labelled real images"):
         train_phase_model(data, ["a", "b"], imagenet, tmp_path / "out")
+
+
+def test_source_free_adaptation_needs_label_free_matching(root, tmp_path):
+    from pipeline.recipes import RecipeOptions
+
+    with pytest.raises(UserError, match=r"finetune\.source_free\.enabled.*label_free is true"):
+        load_params(root, ["finetune.source_free.enabled=true"])
+    opts = RecipeOptions.from_config(load_params(root, ["finetune.source_free.enabled=true",
+                                                        "finetune.matching.label_free=true",
+                                                        "finetune.source_free.epochs=3"]),
+                                     tmp_path, [])
+    assert opts.source_free.epochs == 3 and opts.source_free.seed == opts.matching.seed
+    assert RecipeOptions.from_config(load_params(root), tmp_path, []).source_free is None
