@@ -50,6 +50,7 @@ def main() -> None:
                         choices=list(ADAPTATIONS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a finetune.source_free key for this run")
+    parser.add_argument("--seed", type=int, help="the adaptation's seed (default finetune.seed)")
     opts = parser.parse_args()
     root = find_root()
     params = load_params(root)
@@ -58,7 +59,8 @@ def main() -> None:
     source_free = {**ft["source_free"], **{k: yaml.safe_load(v) for k, v in
                                           (kv.split("=", 1) for kv in opts.set)}}
     settings = {"bn_adapt": ft["bn_adapt"]["batch_size"],
-                "source_free": SourceFreeOptions.from_config(source_free, ft["seed"],
+                "source_free": SourceFreeOptions.from_config(source_free, ft["seed"] if opts.seed is None
+                                                             else opts.seed,
                                                              params["train"]["augment"])}
     phase = taxonomy.phase(opts.taxonomy)
     unlabeled, _ = load_unlabelled(Path(opts.unlabeled))

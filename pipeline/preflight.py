@@ -54,7 +54,7 @@ def _label_free_problems(cfg: Mapping) -> list[str]:
     """finetune.matching.label_free takes the synthetic teacher unchanged, so on a phase with
     unlabelled but no labelled real images it needs that teacher alone, in the phase's classes."""
     ft = cfg["finetune"]
-    if not (ft["matching"]["label_free"] and ft["matching"]["unlabeled"]):
+    if not (ft["matching"]["label_free"] is True and ft["matching"]["unlabeled"]):
         return []
     found = []
     for phase in ft["phases"]:

@@ -7,8 +7,9 @@ Two recipes:
   the real train images; the student learns their ensemble by function matching
   (pipeline.matching) on the real train images, the phase's unlabelled real images and
   synthetic images. With `label_free` and no labelled real images, the student matches the
-  synthetic teacher as trained (nothing to fine-tune it on) on the unlabelled real images,
-  the stand-in and synthetic images.
+  synthetic teacher (nothing labelled to fine-tune it on; with `source_free`, adapted to the
+  unlabelled images by pipeline.source_free) on the unlabelled real images, the stand-in
+  and synthetic images.
 - "finetune" (the stand-in, or when asked): the synthetic-distilled student fine-tuned on the images with a replay share of the hardest synthetic images,
   optionally from a real-fine-tuned teacher by KD (teacher_kd) and with pseudo-labels on
   the unlabelled images (self_training).
@@ -87,7 +88,9 @@ class RecipeOptions:
     weight_grid: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Mapping, root: Path, head_sources: list) -> RecipeOptions:
+    def from_config(cls, cfg: Mapping, root: Path, head_sources: list,
+                    phase: str | None = None) -> RecipeOptions:
+        """`phase` resolves finetune.matching.label_free: auto (see label_free_for)."""
         ft = cfg["finetune"]
         for key, value, allowed in (("recipe", ft["recipe"], RECIPES),
                                     ("init", ft["init"], STUDENT_STARTS)):
@@ -103,7 +106,7 @@ class RecipeOptions:
                 cfg, {**ft, **ft["teacher"]}),
             teachers=tuple(ft["teachers"]), teacher_image_size=ft["teacher"]["image_size"],
             matching=MatchOptions.from_config(m, cfg), synthetic_images=m["synthetic_images"],
-            use_unlabeled=m["unlabeled"], label_free=m["label_free"],
+            use_unlabeled=m["unlabeled"], label_free=label_free_for(cfg, phase),
             replay_size=ft["replay"]["size"],
             teacher_kd=dict(ft["teacher_kd"]), self_training=dict(ft["self_training"]),
             bn_adapt=dict(ft["bn_adapt"]), style=dict(cfg["train"]["style"]),
@@ -112,6 +115,17 @@ class RecipeOptions:
             if ft["source_free"]["enabled"] else None,
             equalize_images=ft["int8_equalize_images"],
             weight_grid=ft["int8_weight_grid"])
+
+
+def label_free_for(cfg: Mapping, phase: str | None) -> bool:
+    """finetune.matching.label_free for `phase`; "auto" is on where label-free matching can
+    run: the synthetic teacher alone, trained in the phase's classes (train.phase's)."""
+    ft = cfg["finetune"]
+    value = ft["matching"]["label_free"]
+    if value != "auto":
+        return bool(value)
+    return phase is not None and list(ft["teachers"]) == [SYNTHETIC_TEACHER] and \
+        cfg["phases"][phase]["taxonomy"] == cfg["train"]["phase"]
 
 
 @dataclass

@@ -318,7 +318,7 @@ class Matching(Section):
     balance: Bool
     synthetic_images: Count
     unlabeled: Bool
-    label_free: Bool
+    label_free: _choice(True, False, "auto")
 
 
 class Replay(Section):
@@ -378,9 +378,9 @@ class Finetune(Section):
 
     @model_validator(mode="after")
     def _source_free_has_its_teacher(self) -> "Finetune":
-        if self.source_free.enabled and not self.matching.label_free:
-            raise _problem("source_free.enabled", True, "false unless matching.label_free is "
-                           "true too (it adapts the teacher of label-free matching)")
+        if self.source_free.enabled and self.matching.label_free is False:
+            raise _problem("source_free.enabled", True, "false while matching.label_free is "
+                           "false (it adapts the teacher of label-free matching)")
         return self
 
 

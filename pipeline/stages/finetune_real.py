@@ -44,7 +44,7 @@ def run(cfg: dict, root: Path, phase: str) -> None:
     splits = load_splits(root)
     data, report = _phase_data(cfg, root, phase, taxonomy, splits)
     opts = RecipeOptions.from_config(cfg, root, head_row_sources(taxonomy, cfg["train"]["phase"],
-                                                                 tax_phase))
+                                                                 tax_phase), phase)
     target = root / layout.phase_model(phase)
     with StageRun(root, cfg, "finetune_real", phase=phase) as tracker:
         tracker.log_params({"finetune": cfg["finetune"], "phase": phase_cfg,

@@ -355,6 +355,7 @@ def test_phase1_adapts_with_unlabelled_real_images(smoke_project, tmp_path):
         shutil.copy(png, unlabelled / png.name)
     run([str(BIN / "python"), "-m", "pipeline", "finetune_real", "phase1",
          f"data.real.phase1.unlabeled={unlabelled}", "tracking.enabled=false",
+         "finetune.matching.label_free=false", "finetune.source_free.enabled=false",
          "train.style.enabled=true", "train.style.method=fda",
          "finetune.self_training.enabled=true", "finetune.self_training.precision=0.0",
          "finetune.bn_adapt.enabled=true"], project)

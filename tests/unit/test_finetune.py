@@ -188,11 +188,27 @@ def test_label_free_matching_refuses_teachers_it_cannot_use(root, tmp_path):
 def test_source_free_adaptation_needs_label_free_matching(root, tmp_path):
     from pipeline.recipes import RecipeOptions
 
-    with pytest.raises(UserError, match=r"finetune\.source_free\.enabled.*label_free is true"):
-        load_params(root, ["finetune.source_free.enabled=true"])
-    opts = RecipeOptions.from_config(load_params(root, ["finetune.source_free.enabled=true",
-                                                        "finetune.matching.label_free=true",
-                                                        "finetune.source_free.epochs=3"]),
+    with pytest.raises(UserError, match=r"finetune\.source_free\.enabled.*label_free is false"):
+        load_params(root, ["finetune.matching.label_free=false"])
+    opts = RecipeOptions.from_config(load_params(root, ["finetune.source_free.epochs=3"]),
                                      tmp_path, [])
     assert opts.source_free.epochs == 3 and opts.source_free.seed == opts.matching.seed
-    assert RecipeOptions.from_config(load_params(root), tmp_path, []).source_free is None
+    off = load_params(root, ["finetune.source_free.enabled=false"])
+    assert RecipeOptions.from_config(off, tmp_path, []).source_free is None
+
+
+def test_label_free_auto_is_on_where_the_synthetic_teacher_knows_the_classes(root):
+    from pipeline.recipes import label_free_for
+
+    cfg = load_params(root)
+    assert cfg["finetune"]["matching"]["label_free"] == "auto"
+    assert cfg["train"]["phase"] == cfg["phases"]["phase1"]["taxonomy"] != \
+        cfg["phases"]["phase3"]["taxonomy"]
+    assert label_free_for(cfg, "phase1") and not label_free_for(cfg, "phase3")
+    assert not label_free_for(cfg, None)
+    imagenet = load_params(root, ["finetune.teachers=[synthetic,efficientnet_lite0]"])
+    assert not label_free_for(imagenet, "phase1")
+    for value in (True, False):
+        forced = load_params(root, [f"finetune.matching.label_free={str(value).lower()}",
+                                    "finetune.source_free.enabled=false"])
+        assert label_free_for(forced, "phase3") is value

@@ -28,7 +28,7 @@ def test_each_problem_is_named(root, tmp_path, monkeypatch):
 
 def test_label_free_matching_needs_the_synthetic_teacher_in_the_phase_classes(root, tmp_path):
     unlabeled = [f"data.real.{p}.unlabeled={tmp_path}" for p in ("phase1", "phase3")]
-    assert problems(load_params(root, unlabeled), root, server=False) == []  # label_free off
+    assert problems(load_params(root, unlabeled), root, server=False) == []  # label_free auto
     on = load_params(root, ["finetune.matching.label_free=true", *unlabeled])
     found = problems(on, root, server=False)
     assert len(found) == 1 and "phase3 (phase3 classes) has no data.real.phase3.train" in found[0]
