@@ -56,8 +56,12 @@ def main() -> None:
     params = load_params(root)
     taxonomy = Taxonomy.from_config(params["taxonomy"])
     ft = params["finetune"]
-    source_free = {**ft["source_free"], **{k: yaml.safe_load(v) for k, v in
-                                          (kv.split("=", 1) for kv in opts.set)}}
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.partition("=")[::2] for kv in opts.set)}
+    unknown = sorted(set(overrides) - set(ft["source_free"]))
+    if unknown:
+        parser.error(f"--set {unknown}: not finetune.source_free keys; use one of "
+                     f"{sorted(ft['source_free'])} (the seed is --seed)")
+    source_free = {**ft["source_free"], **overrides}
     settings = {"bn_adapt": ft["bn_adapt"]["batch_size"],
                 "source_free": SourceFreeOptions.from_config(source_free, ft["seed"] if opts.seed is None
                                                              else opts.seed,
