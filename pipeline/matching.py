@@ -53,6 +53,7 @@ class MatchOptions:
     mixup_alpha: float = 1.0
     label_weight: float = 0.0
     balance: bool = True
+    keep: str = "best"  # the epoch delivered: best val macro-F1, or "last"
     seed: int = 0
     augment: Mapping = field(default_factory=lambda: {"enabled": True})
     num_workers: int = 0
@@ -64,7 +65,8 @@ class MatchOptions:
         return cls(epochs=m["epochs"], batch_size=m["batch_size"], lr=m["lr"],
                    weight_decay=m["weight_decay"], warmup_epochs=m["warmup_epochs"],
                    temperature=m["temperature"], mixup_alpha=m["mixup_alpha"],
-                   label_weight=m["label_weight"], balance=m["balance"], seed=m["seed"],
+                   label_weight=m["label_weight"], balance=m["balance"], keep=m["keep"],
+                   seed=m["seed"],
                    augment=dict(cfg["train"]["augment"]), num_workers=cfg["train"]["num_workers"],
                    trainer=dict(cfg["trainer"]))
 
@@ -241,7 +243,8 @@ def match(teacher: Teacher, student_source: ModelSpec | Path, transfer: Items, v
           logger=None) -> tuple[FitResult, dict]:
     """Train a student (a new network, or a checkpoint moved to the teacher's classes with
     `head_sources`) to match `teacher` on views of `transfer`. Early stopping is off (a
-    patient schedule); the checkpoint with the best val macro-F1 is kept.
+    patient schedule); the epoch with the best val macro-F1 is kept, or the last one
+    (opts.keep).
 
     `teacher_id` names the teacher's weights (see `teacher_id`) for the cache key. Returns
     the fit result and a record of the transfer set, its balance and the student's start."""
@@ -270,7 +273,7 @@ def match(teacher: Teacher, student_source: ModelSpec | Path, transfer: Items, v
                                    cache_dir, num_workers=opts.num_workers)
     datamodule = MatchDataModule(views, sampler, targets, {"val": val}, opts)
     result = fit(student, datamodule, trainer_cfg=opts.trainer, max_epochs=opts.epochs,
-                 patience=opts.epochs, out_file=out_file, logger=logger)
+                 patience=opts.epochs, out_file=out_file, logger=logger, keep=opts.keep)
     record = {"transfer_images": len(transfer),
               "labelled": sum(y != UNLABELLED for _, y in transfer),
               "views": len(keys), "teacher_cache_key": digest[:16], "student_start": start,

@@ -20,7 +20,7 @@ Two recipes:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -212,13 +212,16 @@ def _matching(data, classes, opts, out_dir, cache_dir, trained, logger) -> Train
     transfer = transfer_set(data.train, unlabeled, synthetic, opts.synthetic_images,
                             opts.matching.seed)
     source = _student_source(opts) if data.is_real else _distilled_student(opts)
+    keep = opts.matching.keep
+    if keep == "auto":  # without labelled real images, val is the synthetic stand-in
+        keep = "best" if data.is_real else "last"
     result, record = match(teacher, source, transfer, data.val, out_dir / "model.ckpt",
-                           opts.matching, teacher_id=teacher_id(list(teachers.values())),
+                           replace(opts.matching, keep=keep), teacher_id=teacher_id(list(teachers.values())),
                            head_sources=opts.head_sources if source == opts.student_ckpt
                            else None, cache_dir=cache_dir, logger=logger)
     facts.update(epochs=result.epochs, transfer_images=len(transfer))
     return TrainedPhase(result, teachers, {"recipe": "matching", "teachers": list(teachers),
-                                           **record}, facts)
+                                           "kept_epoch": keep, **record}, facts)
 
 
 def _finetune(data, classes, opts, out_dir, logger) -> TrainedPhase:

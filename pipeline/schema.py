@@ -316,6 +316,7 @@ class Matching(Section):
     mixup_alpha: _num(ge=0)  # 0: no mixup
     label_weight: Weight
     balance: Bool
+    keep: _choice("auto", "best", "last")
     synthetic_images: Count
     unlabeled: Bool
     label_free: _choice(True, False, "auto")

@@ -28,6 +28,7 @@ from pipeline.models.preprocess import Preprocess
 
 Items = list[tuple[str, int]]
 MONITOR = "val/macro_f1"
+KEEP = ("best", "last")  # which epoch's weights fit() delivers
 # The trainer config (conf/trainer/cpu.yaml) for callers that build options by hand.
 CPU_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
                "precision": "32-true", "deterministic": True}
@@ -83,16 +84,23 @@ def fit(
     out_file: Path,
     logger=None,
     progress: bool = True,
+    keep: str = "best",
 ) -> FitResult:
-    """Train with early stopping on val macro-F1 and write the best weights to `out_file`.
+    """Train with early stopping on val macro-F1 and write the weights to `out_file`: the
+    epoch with the best val macro-F1 (keep="best") or the last epoch (keep="last", for val
+    images that are not of the domain the model is for).
 
     Checkpoints go to a scratch folder that is wiped first, so a checkpoint left by a killed
     run is never trusted; `out_file` appears (atomically) only when training completed.
     """
     scratch = out_file.parent / f".{out_file.stem}.work"
     shutil.rmtree(scratch, ignore_errors=True)
-    best = ModelCheckpoint(dirpath=scratch, filename="best", monitor=MONITOR, mode="max",
-                           save_top_k=1, save_last=False, enable_version_counter=False)
+    if keep not in KEEP:
+        raise ValueError(f"keep={keep!r}; use one of {KEEP}")
+    # Without a monitor, the checkpoint is rewritten every epoch: the last one is kept.
+    kept = ModelCheckpoint(dirpath=scratch, filename="kept", mode="max", save_top_k=1,
+                           monitor=MONITOR if keep == "best" else None, save_last=False,
+                           enable_version_counter=False)
     curve = EpochCurve()
     trainer = L.Trainer(
         accelerator=trainer_cfg["accelerator"],
@@ -102,7 +110,7 @@ def fit(
         precision=trainer_cfg["precision"],
         deterministic=trainer_cfg["deterministic"],
         max_epochs=max_epochs,
-        callbacks=[best, EarlyStopping(monitor=MONITOR, mode="max", patience=patience), curve],
+        callbacks=[kept, EarlyStopping(monitor=MONITOR, mode="max", patience=patience), curve],
         logger=logger if logger is not None else False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -113,16 +121,16 @@ def fit(
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - start
     if trainer.is_global_zero:
-        _write_weights_only(Path(best.best_model_path), out_file)
+        _write_weights_only(Path(kept.best_model_path), out_file)
         shutil.rmtree(scratch, ignore_errors=True)
-    best_model = SEMClassifier.load_from_checkpoint(out_file, map_location="cpu", weights_only=True) \
+    delivered = SEMClassifier.load_from_checkpoint(out_file, map_location="cpu", weights_only=True) \
         if trainer.is_global_zero else model
-    return FitResult(best_model, out_file, seconds, trainer.current_epoch, trainer.is_global_zero,
+    return FitResult(delivered, out_file, seconds, trainer.current_epoch, trainer.is_global_zero,
                      curve.rows)
 
 
-def _write_weights_only(best: Path, out_file: Path) -> None:
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+def _write_weights_only(checkpoint: Path, out_file: Path) -> None:
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     for key in _RESUME_ONLY:
         ckpt.pop(key, None)
     _save_checkpoint(ckpt, out_file)

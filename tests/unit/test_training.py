@@ -11,7 +11,7 @@ from pipeline.data.transforms import build_augment
 from pipeline.errors import UserError
 from pipeline.evaluate.metrics import classification_metrics
 from pipeline.models.classifier import SEMClassifier, checkpoint_preprocess
-from pipeline.training import CPU_TRAINER, fit
+from pipeline.training import CPU_TRAINER, evaluate_sets, fit
 
 CLASSES = ["clean", "bridge", "open"]
 LOSS = {"name": "ce", "label_smoothing": 0.1}
@@ -220,3 +220,26 @@ def test_fit_returns_one_curve_row_per_epoch_with_train_and_val_scores(items, tm
         assert {"train/loss", "val/acc", "val/macro_f1", "heldout/acc"} <= set(row)
         assert 0.0 <= row["val/acc"] <= 1.0
     assert len({row["train/loss"] for row in result.curve}) > 1  # a row per epoch, not one copy
+
+
+def test_fit_keeps_the_last_epoch_or_the_best_val_one(items, tmp_path):
+    """keep="last" delivers the final epoch's weights whatever val says; keep="best" the
+    epoch whose val macro-F1 is the curve's best."""
+    delivered = {}
+    for keep in ("last", "best"):
+        L.seed_everything(3)
+        model = _model("plain_cnn", 32)
+        result = fit(model, _dm(items, 32), trainer_cfg=CPU_TRAINER, max_epochs=4, patience=4,
+                     out_file=tmp_path / f"{keep}.ckpt", progress=False, keep=keep)
+        delivered[keep] = result.model
+        if keep == "last":  # the model trained in place ends at the last epoch
+            last = model.state_dict()
+            assert all(torch.equal(v, last[k]) for k, v in result.model.state_dict().items())
+    curve = [row["val/macro_f1"] for row in result.curve]
+    val = {"val": items[18:]}
+    for keep, want in (("best", max(curve)), ("last", curve[-1])):
+        got = evaluate_sets(delivered[keep], val)["val"]["macro_f1"]
+        assert got == pytest.approx(want, abs=1e-4), keep
+    with pytest.raises(ValueError, match="keep"):
+        fit(_model("plain_cnn", 32), _dm(items, 32), trainer_cfg=CPU_TRAINER, max_epochs=1,
+            patience=1, out_file=tmp_path / "x.ckpt", progress=False, keep="auto")
