@@ -85,10 +85,17 @@ RECIPES: dict[str, tuple[list[str], bool]] = {
     "matching_long": ([STUDENT, EPOCHS_120], True),
     "matching_scratch_80": ([SCRATCH, EPOCHS_80], True),
     "matching_scratch_long": ([SCRATCH, EPOCHS_120], True),
+    # Teachers fed the 128 px images upsampled: ImageNet features at a scale nearer their own.
+    "teacher_synthetic_192": (["finetune.teachers=[synthetic]", "finetune.teacher.image_size=192"],
+                              False),
+    "teacher_lite0_192": (["finetune.teachers=[efficientnet_lite0]",
+                           "finetune.teacher.image_size=192"], False),
     "matching_nosynth": (["finetune.teachers=[efficientnet_lite0]", SCRATCH, EPOCHS_40,
                           "finetune.matching.synthetic_images=0"], True),
 }
 
+# The teachers' input size in conf/finetune (the real images are 128 px).
+TEACHER_IMAGE_SIZE = 128
 # Input size of the features that cluster images into appearance groups: fixed, so the folds
 # stay the same whatever student a run configures.
 APPEARANCE_IMAGE_SIZE = 128
@@ -177,7 +184,8 @@ def run_recipe(root: Path, base: dict, name: str, data: PhaseData, test, classes
     teachers, teacher_seconds = {}, 0.0
     uses_teachers = opts.recipe == "matching" or not with_student
     for teacher in opts.teachers if uses_teachers else ():
-        ckpt = fold_dir / "teachers" / f"{teacher}.ckpt"  # shared by the fold's recipes
+        # Shared by the fold's recipes that train the same teacher at the same input size.
+        ckpt = fold_dir / "teachers" / _teacher_file(teacher, opts.teacher_image_size)
         if not ckpt.is_file():
             teacher_seconds += train_teacher(teacher, data, classes, opts, ckpt).seconds
         teachers[teacher] = ckpt
@@ -209,6 +217,11 @@ def run_recipe(root: Path, base: dict, name: str, data: PhaseData, test, classes
             "teacher_seconds": round(teacher_seconds, 1),
             "train": len(data.train), "val": len(data.val), "test": len(test),
             "unlabeled": len(data.unlabeled)}
+
+
+def _teacher_file(name: str, image_size: int) -> str:
+    # The default size keeps the name that earlier runs' work folders hold.
+    return f"{name}.ckpt" if image_size == TEACHER_IMAGE_SIZE else f"{name}_{image_size}px.ckpt"
 
 
 def _scores(labels, probs, classes, clean) -> dict:

@@ -97,15 +97,17 @@ class FitOptions:
 
 def start_model(source: ModelSpec | Path, classes: Sequence[str], labels: Sequence[int],
                 opts: FitOptions, *, head_sources: Sequence[Sequence[int]] | None = None,
-                kd: Mapping | None = None, teacher_ckpt: Path | None = None
-                ) -> tuple[SEMClassifier, dict]:
+                kd: Mapping | None = None, teacher_ckpt: Path | None = None,
+                image_size: int | None = None) -> tuple[SEMClassifier, dict]:
     """The model to train on the phase's images and a record of where it came from.
 
     `source` is a ModelSpec (a new network) or a SEMClassifier checkpoint, whose weights are
     copied (the classifier rows from `head_sources`, pipeline.models.surgery). Pretrained
     starts (a checkpoint or ImageNet weights) freeze their first `opts.freeze_blocks` units.
     `labels` (the train labels) set the class weights. `kd`: distillation config, from
-    `teacher_ckpt` run on every batch or from teacher logits the batches carry."""
+    `teacher_ckpt` run on every batch or from teacher logits the batches carry.
+    `image_size` moves a checkpoint start to another input size (the networks pool
+    globally, so the weights fit any size)."""
     common = {"loss": loss_config({**opts.loss, "class_weights": opts.class_weights}, labels,
                                   len(classes)),
               "optimizer": {"lr": opts.lr, "weight_decay": opts.weight_decay,
@@ -123,7 +125,10 @@ def start_model(source: ModelSpec | Path, classes: Sequence[str], labels: Sequen
                        "backbone": source.name}
     start = SEMClassifier.load_from_checkpoint(source, map_location="cpu", weights_only=True)
     hp = start.hparams
-    model = SEMClassifier(hp.backbone, len(classes), list(classes), dict(hp.preprocess),
+    preprocess = dict(hp.preprocess)
+    if image_size is not None:
+        preprocess["image_size"] = image_size
+    model = SEMClassifier(hp.backbone, len(classes), list(classes), preprocess,
                           drop_rate=hp.drop_rate, head_features=hp.get("head_features"), **common)
     sources = head_sources if head_sources is not None else [[] for _ in classes]
     record = transfer_weights(start.net, model.net, sources)

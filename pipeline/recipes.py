@@ -173,7 +173,8 @@ def train_teacher(name: str, data: PhaseData, classes: Sequence[str], opts: Reci
     if name == SYNTHETIC_TEACHER:
         _require(opts.teacher_ckpt, "train_teacher")
         model, _ = start_model(opts.teacher_ckpt, classes, labels, opts.teacher_fit,
-                               head_sources=opts.head_sources)
+                               head_sources=opts.head_sources,
+                               image_size=opts.teacher_image_size)
         replay = hardest(model, data.synthetic_train, opts.replay_size)
     else:
         spec = ModelSpec(name, opts.teacher_image_size, pretrained=True, drop_rate=0.2)

@@ -1,5 +1,6 @@
 """Moving the student to another phase: head surgery, freezing, replay mixing, phase rules."""
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from pipeline.config import load_params
 from pipeline.data.datamodule import MixedBatchSampler, SEMDataModule
 from pipeline.data.real import require_trainable, split_real
 from pipeline.errors import UserError
-from pipeline.finetune import reestimate_batchnorm
+from pipeline.finetune import FitOptions, reestimate_batchnorm, start_model
 from pipeline.models.classifier import SEMClassifier
 from pipeline.models.surgery import classifier_layer, head_row_sources, transfer_weights
 from pipeline.training import image_batches
@@ -42,6 +43,23 @@ def test_head_surgery_keeps_mapped_rows(taxonomy, backbone):
     for key, value in new_state.items():
         if not key.startswith(head):
             assert torch.equal(value, old_state[key]), key
+
+
+def test_a_checkpoint_start_can_move_to_another_input_size(taxonomy, tmp_path):
+    classes = taxonomy.phase("phase1").classes
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(_model(classes))
+    trainer.save_checkpoint(tmp_path / "teacher.ckpt", weights_only=True)
+    opts = FitOptions(lr=1e-3, weight_decay=0.0, warmup_epochs=0, max_epochs=1, batch_size=4,
+                      patience=1, seed=0, class_weights="none")
+    rows = [[i] for i in range(len(classes))]
+    same, _ = start_model(tmp_path / "teacher.ckpt", classes, [0], opts, head_sources=rows)
+    moved, _ = start_model(tmp_path / "teacher.ckpt", classes, [0], opts, head_sources=rows,
+                           image_size=48)
+    assert (same.pp.image_size, moved.pp.image_size) == (32, 48)
+    for key, value in same.net.state_dict().items():
+        assert torch.equal(value, moved.net.state_dict()[key]), key
+    assert moved(torch.rand(2, 1, 48, 48)).shape == (2, len(classes))
 
 
 def test_freezing_keeps_batchnorm_in_eval(taxonomy):
